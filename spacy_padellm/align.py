@@ -1,0 +1,99 @@
+"""Map predicted mention strings back to token spans of the document.
+
+The k-th mention of a label is searched after the (k-1)-th, on the ORIGINAL text (lower-casing a copy
+changes the length of some strings, e.g. 'İ'.lower() has two code points, and shifts every offset after
+it). Case-insensitive matching uses the regex engine's per-character folding, which keeps offsets.
+Token-aligned matches are preferred; a match inside a token expands to whole tokens.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from spacy.tokens import Doc, Span
+
+from .engine_types import MentionLike
+
+
+@dataclass(frozen=True)
+class AlignedMention:
+    label: str
+    k: int
+    text: str  # the predicted string
+    logprob: float
+    start: int  # token offsets in the doc
+    end: int
+
+
+def mention_pattern(mention: str) -> Optional[str]:
+    """A regex for the mention that lets any run of whitespace stand for any other."""
+    parts = mention.split()
+    if not parts:
+        return None
+    return r"\s+".join(re.escape(p) for p in parts)
+
+
+def _token_span(doc: Doc, start: int, end: int, strict: bool) -> Optional[Span]:
+    return doc.char_span(start, end, alignment_mode="strict" if strict else "expand")
+
+
+def find_span(doc: Doc, mention: str, cursor: int) -> Optional[Tuple[int, int, int]]:
+    """(token start, token end, char end) of the best occurrence of `mention`, or None.
+
+    Order of preference: exact case after `cursor`, exact case anywhere, any case after `cursor`, any case
+    anywhere; within each, the first token-aligned match, else the first match expanded to tokens.
+    """
+    pattern = mention_pattern(mention)
+    if pattern is None:
+        return None
+    text = doc.text
+    for flags in (0, re.IGNORECASE):
+        regex = re.compile(pattern, flags)
+        for begin in ((cursor, 0) if cursor > 0 else (0,)):
+            matches = list(regex.finditer(text, begin))
+            for strict in (True, False):
+                for m in matches:
+                    span = _token_span(doc, m.start(), m.end(), strict)
+                    if span is not None and len(span) > 0:
+                        return span.start, span.end, m.end()
+    return None
+
+
+def align_mentions(doc: Doc, mentions: Sequence[MentionLike]
+                   ) -> Tuple[List[AlignedMention], List[MentionLike]]:
+    """Aligned mentions and the ones that could not be placed (empty, or not in the text).
+
+    A label that names the same span twice (a repeat the text does not support) keeps it once.
+    """
+    aligned: List[AlignedMention] = []
+    missing: List[MentionLike] = []
+    cursors: dict = {}
+    seen = set()
+    for m in sorted(mentions, key=lambda m: m.k):
+        found = find_span(doc, m.text.strip(), cursors.get(m.label, 0))
+        if found is None:
+            missing.append(m)
+            continue
+        start, end, char_end = found
+        cursors[m.label] = char_end
+        if (m.label, start, end) in seen:
+            missing.append(m)
+            continue
+        seen.add((m.label, start, end))
+        aligned.append(AlignedMention(m.label, m.k, m.text, m.logprob, start, end))
+    aligned.sort(key=lambda a: (a.start, a.end, a.label))
+    return aligned, missing
+
+
+def choose_entities(aligned: Iterable[AlignedMention]) -> List[AlignedMention]:
+    """A non-overlapping subset for doc.ents: most probable first (tie: earlier, then longer)."""
+    chosen: List[AlignedMention] = []
+    taken: set = set()
+    for a in sorted(aligned, key=lambda a: (-a.logprob, a.start, -(a.end - a.start))):
+        tokens = set(range(a.start, a.end))
+        if tokens & taken:
+            continue
+        taken |= tokens
+        chosen.append(a)
+    return sorted(chosen, key=lambda a: a.start)

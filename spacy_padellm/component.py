@@ -1,0 +1,287 @@
+"""The `padellm_ner` pipe: PaDeLLM count-then-mention NER over spaCy Docs.
+
+No weights load in the factory: the model loads on first use, in `initialize`, or after `from_disk`, so
+`spacy.load` and `nlp.add_pipe` stay fast and a saved pipeline can move between machines.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import srsly
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.tokens import Doc, Span, SpanGroup
+from spacy.training import Example
+from spacy.util import minibatch
+
+from .align import align_mentions, choose_entities
+from .dedup import dedup_mentions
+from .errors import Errors, PaDeLLMError
+from .prompts import get_template, validate_labels
+from .scoring import USER_DATA_KEY, score as score_examples
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "model": "smollm2-135m",  # packaged name, HF folder or .gguf file
+    "adapter": None,  # peft LoRA folder; its padellm.json holds labels/template/base model
+    "labels": None,  # null: the adapter's labels
+    "template": "en",  # "en" (paper, byte-exact) or "zh"
+    "batch_size": 32,  # most docs decoded together (bounds memory; nlp.pipe's batch_size can lower it)
+    "max_new_tokens": 32,  # longest mention, in tokens
+    "dtype": "auto",  # bf16 where the CPU/GPU runs it fast, else float32
+    "device": "auto",
+    "dedup": True,  # the paper's one-label-per-string rule
+    "spans_key": "padellm",
+}
+CFG_FILE = "cfg.json"
+ADAPTER_DIR = "adapter"
+
+
+@Language.factory(
+    "padellm_ner",
+    default_config=DEFAULT_CONFIG,
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans"],
+    default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None,
+                           "ents_string_f": None, "ents_string_p": None, "ents_string_r": None},
+)
+def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
+                     template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
+                     spans_key: str) -> "PaDeLLMNER":
+    return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
+                      batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
+                      dedup=dedup, spans_key=spans_key)
+
+
+class PaDeLLMNER(Pipe):
+    """Sets doc.ents (non-overlapping, by score) and doc.spans[spans_key] (every aligned candidate, with
+    summed token log-probabilities in attrs["scores"]); per-doc counts in doc.user_data["padellm"]."""
+
+    def __init__(self, vocab: Any, name: str = "padellm_ner", *, model: str = "smollm2-135m",
+                 adapter: Optional[str] = None, labels: Optional[Sequence[str]] = None, template: str = "en",
+                 batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
+                 dedup: bool = True, spans_key: str = "padellm") -> None:
+        from .engine.loading import resolve_model  # cheap: no torch
+
+        self.vocab = vocab
+        self.name = name
+        self.template_name = template
+        get_template(template)
+        self.model_ref = resolve_model(model)
+        for key, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+            if not isinstance(value, int) or value < 1:
+                raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a positive integer"))
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
+        if not isinstance(spans_key, str) or not spans_key:
+            raise PaDeLLMError(Errors.E010.format(key="spans_key", value=spans_key, why="must be a non-empty string"))
+        self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                        dtype=dtype, device=device, dedup=dedup, spans_key=spans_key)
+        self.adapter: Optional[str] = adapter
+        self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
+        self._decoder: Any = None
+        self._tmpdir: Optional[tempfile.TemporaryDirectory] = None
+        self._resolve_labels(strict=False)
+
+    # ---- settings ---------------------------------------------------------------------------------
+    def _resolve_labels(self, strict: bool) -> None:
+        """Labels and template from the adapter's padellm.json where the config leaves them open.
+
+        Not strict at construction: spacy.load builds the pipe before from_disk points it at the copy of
+        the adapter saved with the pipeline, so the original adapter folder may be gone by then.
+        """
+        from .engine.loading import read_adapter_meta
+
+        meta: Dict[str, Any] = {}
+        if self.adapter is not None and Path(self.adapter).is_dir():
+            meta = read_adapter_meta(self.adapter)
+        elif self.adapter is not None and strict:
+            from .engine.loading import check_adapter_folder
+            check_adapter_folder(self.adapter)
+        known = meta.get("labels")
+        if self._labels is None and known:
+            self._labels = validate_labels(known)
+        elif self._labels is not None and known:
+            unknown = [x for x in self._labels if x not in known]
+            if unknown:
+                raise PaDeLLMError(Errors.E014.format(labels=unknown, path=self.adapter, known=known))
+        if meta.get("template") and meta["template"] != self.template_name:
+            warnings.warn(f"[W001] The adapter {self.adapter!r} was trained with template "
+                          f"{meta['template']!r}; using it instead of {self.template_name!r}.")
+            self.template_name = meta["template"]
+        if self._labels is None and (strict or self.adapter is None):
+            raise PaDeLLMError(Errors.E005)
+
+    @property
+    def labels(self) -> tuple:
+        return tuple(self._labels or ())
+
+    @property
+    def spans_key(self) -> str:
+        return self.cfg["spans_key"]
+
+    def add_label(self, label: str) -> int:
+        labels = list(self.labels)
+        if label in labels:
+            return 0
+        self._labels = validate_labels(labels + [label])
+        return 1
+
+    # ---- the model --------------------------------------------------------------------------------
+    @property
+    def decoder(self) -> Any:
+        """The loaded engine; loads base model (+ merged adapter) on first access."""
+        if self._decoder is None:
+            from .engine.decoder import Decoder
+            from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
+
+            self._resolve_labels(strict=True)
+            device = resolve_device(self.cfg["device"])
+            model, tokenizer = load_base(self.model_ref, resolve_dtype(self.cfg["dtype"], device), device)
+            if self.adapter is not None:
+                model = apply_adapter(model, self.adapter, self.cfg["model"])
+            self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"])
+        return self._decoder
+
+    def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,
+                   nlp: Optional[Language] = None, labels: Optional[List[str]] = None) -> None:
+        """Takes labels from the argument, else from the examples when none are set; loads the model."""
+        if labels is not None:
+            self._labels = validate_labels(labels)
+        elif self._labels is None and get_examples is not None:
+            found = sorted({e.label_ for eg in get_examples() for e in eg.reference.ents})
+            if found:
+                self._labels = validate_labels(found)
+        self.decoder  # noqa: B018 - surface loading errors now rather than at the first doc
+
+    # ---- annotating -------------------------------------------------------------------------------
+    def __call__(self, doc: Doc) -> Doc:
+        try:
+            self.set_annotations([doc], self.predict([doc]))
+        except Exception as err:  # spaCy's error-handler protocol
+            self.get_error_handler()(self.name, self, [doc], err)
+        return doc
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Docs in input order; each engine batch holds at most min(batch_size, config batch_size) docs."""
+        size = max(1, min(batch_size, self.cfg["batch_size"]))
+        for docs in minibatch(stream, size=size):
+            try:
+                self.set_annotations(docs, self.predict(docs))
+            except Exception as err:
+                self.get_error_handler()(self.name, self, docs, err)
+            yield from docs
+
+    def predict(self, docs: Iterable[Doc]) -> List[Any]:
+        """One DocPrediction per doc; docs without any non-space text skip the model."""
+        from .engine.decoder import DocPrediction
+
+        docs = list(docs)
+        todo = [i for i, d in enumerate(docs) if d.text.strip()]
+        out: List[Any] = [DocPrediction({}, {}, (), dict(forward_passes=0, prompt_tokens=0, generated_tokens=0))
+                          for _ in docs]
+        if todo:
+            decoder = self.decoder
+            preds = decoder.predict([docs[i].text for i in todo], list(self.labels), [len(docs[i]) for i in todo])
+            for i, p in zip(todo, preds):
+                out[i] = p
+        return out
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[Any]) -> None:
+        for doc, pred in zip(docs, predictions):
+            mentions = list(pred.mentions)
+            dropped: List[Any] = []
+            if self.cfg["dedup"]:
+                mentions, dropped = dedup_mentions(mentions, list(self.labels))
+            aligned, missing = align_mentions(doc, mentions)
+            spans = [Span(doc, a.start, a.end, label=a.label) for a in aligned]
+            doc.spans[self.spans_key] = SpanGroup(doc, name=self.spans_key, spans=spans,
+                                                  attrs={"scores": [a.logprob for a in aligned]})
+            ents = choose_entities(aligned)
+            doc.set_ents([Span(doc, a.start, a.end, label=a.label) for a in ents], default="outside")
+            doc.user_data[USER_DATA_KEY] = {
+                **pred.stats,
+                "counts": dict(pred.counts),
+                "raw_counts": dict(pred.raw_counts),
+                "mentions": [[m.label, m.text, m.logprob] for m in mentions],
+                "unaligned": [[m.label, m.text] for m in missing],
+                "dropped_duplicates": [[m.label, m.text] for m in dropped],
+                "unfinished": [[m.label, m.text] for m in pred.mentions if not m.finished],
+            }
+
+    def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+        return score_examples(examples, **kwargs)
+
+    # ---- serialization ----------------------------------------------------------------------------
+    def _state(self) -> Dict[str, Any]:
+        return dict(cfg=self.cfg, labels=self._labels, template=self.template_name,
+                    has_adapter=self.adapter is not None)
+
+    def _load_state(self, state: Dict[str, Any], adapter: Optional[str]) -> None:
+        from .engine.loading import resolve_model
+
+        self.cfg = dict(state["cfg"])
+        self.model_ref = resolve_model(self.cfg["model"])
+        self._labels = state["labels"]
+        self.template_name = state["template"]
+        self.adapter = adapter
+        self._decoder = None
+
+    def to_disk(self, path: Any, *, exclude: Iterable[str] = ()) -> None:
+        """cfg.json plus a copy of the adapter; the base model is stored as a reference (name or path)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.adapter is not None:
+            src, dst = Path(self.adapter).resolve(), (path / ADAPTER_DIR).resolve()
+            if src != dst:
+                if dst.exists():
+                    shutil.rmtree(dst)
+                shutil.copytree(src, dst)
+        srsly.write_json(path / CFG_FILE, self._state())
+
+    def from_disk(self, path: Any, *, exclude: Iterable[str] = ()) -> "PaDeLLMNER":
+        path = Path(path)
+        if not (path / CFG_FILE).is_file():
+            raise PaDeLLMError(Errors.E012.format(path=str(path), file=CFG_FILE))
+        state = srsly.read_json(path / CFG_FILE)
+        adapter = None
+        if state.get("has_adapter"):
+            if not (path / ADAPTER_DIR / "adapter_config.json").is_file():
+                raise PaDeLLMError(Errors.E012.format(path=str(path), file=f"{ADAPTER_DIR}/adapter_config.json"))
+            adapter = str(path / ADAPTER_DIR)
+        self._load_state(state, adapter)
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
+        files: Dict[str, bytes] = {}
+        if self.adapter is not None:
+            root = Path(self.adapter)
+            files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return srsly.msgpack_dumps({"state": self._state(), "adapter_files": files})
+
+    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "PaDeLLMNER":
+        msg = srsly.msgpack_loads(data)
+        adapter = None
+        if msg["state"].get("has_adapter"):
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="padellm-adapter-")
+            for rel, blob in msg["adapter_files"].items():
+                target = Path(self._tmpdir.name) / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(blob)
+            adapter = self._tmpdir.name
+        self._load_state(msg["state"], adapter)
+        return self
+
+    def __reduce__(self) -> Any:
+        """Pickles carry settings and adapter bytes, never the loaded torch model (it reloads lazily)."""
+        return (_unpickle_pipe, (self.vocab, self.name, self.to_bytes()))
+
+
+def _unpickle_pipe(vocab: Any, name: str, data: bytes) -> PaDeLLMNER:
+    pipe = PaDeLLMNER.__new__(PaDeLLMNER)
+    pipe.vocab, pipe.name = vocab, name
+    pipe._decoder, pipe._tmpdir = None, None
+    return pipe.from_bytes(data)

