@@ -1,0 +1,1 @@
+"""Training: data readers, PaDeLLM examples, packing, and the LoRA loop."""

@@ -1,0 +1,217 @@
+"""The LoRA training loop, readable top to bottom: data -> packed rows -> steps -> eval -> checkpoints.
+
+A killed run resumes from its last checkpoint: the data order is a pure function of (seed, epoch), so a
+checkpoint needs only the step number beside the adapter, optimizer and scheduler states. Every file is
+written to a temporary folder and moved into place, so a kill never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..prompts import get_template, special_prefix
+from .config import TrainConfig
+from .examples import doc_examples, encode_example
+from .packing import PackedTree, collate, pack_examples, packed_loss
+
+CHECKPOINT = "checkpoint"
+BEST = "best"
+LOG = "train_log.jsonl"
+
+
+def atomic_dir_write(target: Path, write: Any) -> None:
+    """Call write(tmp_folder), then swap tmp_folder into `target` (rename is atomic on one filesystem)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    old = target.parent / f".{target.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(target: Path) -> None:
+    """After a kill between the two renames of atomic_dir_write, the last complete copy is `.old`."""
+    old = target.parent / f".{target.name}.old"
+    if not target.exists() and old.exists():
+        os.replace(old, target)
+
+
+def plan_rows(trees: Sequence[PackedTree], order: Sequence[int], row_tokens: int) -> List[List[int]]:
+    """Greedy first-fit of documents (in `order`) into rows of at most row_tokens tokens."""
+    rows: List[List[int]] = []
+    sizes: List[int] = []
+    for i in order:
+        n = min(len(trees[i]), row_tokens)
+        for r, size in enumerate(sizes[-8:], start=max(0, len(sizes) - 8)):  # look back a little: O(n)
+            if size + n <= row_tokens:
+                rows[r].append(i)
+                sizes[r] += n
+                break
+        else:
+            rows.append([i])
+            sizes.append(n)
+    return rows
+
+
+def epoch_steps(trees: Sequence[PackedTree], cfg: TrainConfig, epoch: int) -> List[List[List[int]]]:
+    order = list(range(len(trees)))
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    rows = plan_rows(trees, order, cfg.row_tokens)
+    return [rows[i:i + cfg.rows_per_step] for i in range(0, len(rows), cfg.rows_per_step)]
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def log(path: Path, record: Dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template_name: str,
+                row_tokens: int) -> List[PackedTree]:
+    template = get_template(template_name)
+    bos = special_prefix(tokenizer)
+    trees = []
+    for doc in docs:
+        if not doc.text.strip():
+            continue
+        tree = pack_examples([encode_example(tokenizer, e, bos) for e in doc_examples(doc, labels, template)])
+        if len(tree) <= row_tokens:  # a document longer than a row is skipped, never truncated mid-target
+            trees.append(tree)
+    return trees
+
+
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) a PaDeLLM LoRA adapter; returns the best dev scores."""
+    import spacy
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from ..engine.loading import cpu_has_fast_bf16, load_base, resolve_model
+    from .readers import read_any
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    recover_dir(out / CHECKPOINT)
+    recover_dir(out / BEST)
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    torch.manual_seed(cfg.seed)
+    use_bf16 = cfg.bf16 == "true" or (cfg.bf16 == "auto" and cpu_has_fast_bf16())
+
+    nlp = spacy.blank(cfg.lang)
+    train_docs = read_any(cfg.train, nlp.vocab)
+    dev_docs = read_any(cfg.dev, nlp.vocab) if cfg.dev else []
+    labels = cfg.labels or sorted({e.label_ for d in train_docs for e in d.ents})
+    model, tokenizer = load_base(resolve_model(cfg.model), torch.float32, "cpu")
+    t0 = time.time()
+    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens)
+    print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    steps_per_epoch = len(epoch_steps(trees, cfg, 0))
+    total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
+    step, best = 0, {"score": -1.0}
+    ckpt = out / CHECKPOINT
+    if (ckpt / "state.pt").is_file():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        step, best = state["step"], state["best"]
+        torch.set_rng_state(state["rng"])
+        print(f"[train] resumed from step {step}", flush=True)
+    meta = {"labels": labels, "template": cfg.template, "base_model": cfg.model, "config": cfg.to_dict()}
+
+    def save_checkpoint() -> None:
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            torch.save({"optimizer": optimizer.state_dict(), "step": step, "best": best,
+                        "rng": torch.get_rng_state()}, tmp / "state.pt")
+        atomic_dir_write(ckpt, write)
+
+    def evaluate(docs: Sequence[Any]) -> Dict[str, Any]:
+        from .evaluate import evaluate_model
+
+        model.eval()
+        try:
+            return evaluate_model(model.get_base_model(), tokenizer, labels, cfg.template, docs, nlp,
+                                  batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                                  bf16=use_bf16)
+        finally:
+            model.train()
+
+    log_path = out / LOG
+    model.train()
+    bar = tqdm(total=total, initial=step, mininterval=5, dynamic_ncols=False, ncols=110)
+    tokens_seen, t_start = 0, time.time()
+    while step < total:
+        epoch, index = divmod(step, steps_per_epoch)
+        batch_rows = epoch_steps(trees, cfg, epoch)[index]
+        batch = collate([[trees[i] for i in row] for row in batch_rows], pad_id=tokenizer.eos_token_id)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, cfg)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = packed_loss(model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += batch.n_tokens
+        elapsed = time.time() - t_start
+        tps = tokens_seen / max(elapsed, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tps:.0f}", epoch=f"{step / steps_per_epoch:.2f}")
+        if step % cfg.log_every == 0 or step == total:
+            log(log_path, {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, total, cfg),
+                           "tokens_per_s": tps, "epoch": step / steps_per_epoch, "time": time.time()})
+        if dev_docs and (step % cfg.eval_every == 0 or step == total):
+            scores = evaluate(dev_docs[: cfg.eval_docs])
+            log(log_path, {"step": step, "eval": scores, "time": time.time()})
+            print(f"\n[eval] step {step}: string F1 {scores['f1_string']:.4f} span F1 {scores['f1_span']:.4f}",
+                  flush=True)
+            if scores["f1_string"] > best["score"]:
+                best = {"score": scores["f1_string"], "step": step, "scores": scores}
+                atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, {**meta, "dev": best}))
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save_checkpoint()
+    bar.close()
+    if not dev_docs and not (out / BEST).exists():
+        atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, meta))
+    return best
+
+
+def save_adapter(model: Any, folder: Path, meta: Dict[str, Any]) -> None:
+    """The adapter in bf16 (half the bytes; LoRA deltas lose nothing measurable) plus padellm.json."""
+    model.save_pretrained(folder)
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    (folder / "padellm.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf8")
