@@ -40,6 +40,53 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .training.config import TrainConfig
+    from .training.loop import train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+              if f.name != "extra" and getattr(args, f.name, None) is not None}
+    if isinstance(values.get("labels"), str):
+        values["labels"] = [x.strip() for x in values["labels"].split(",") if x.strip()]
+    if isinstance(values.get("target_modules"), str) and "," in values["target_modules"]:
+        values["target_modules"] = values["target_modules"].split(",")
+    best = train(TrainConfig(**values))
+    print(json.dumps(best, indent=1, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import spacy
+    from spacy.tokens import Doc
+    from spacy.training import Example
+
+    from .training.readers import read_any
+
+    config = {"model": args.model, "batch_size": args.batch_size}
+    if args.adapter:
+        config["adapter"] = args.adapter
+    nlp = spacy.blank(args.lang)
+    pipe = nlp.add_pipe("padellm_ner", config=config)
+    gold = read_any(args.data, nlp.vocab)[: args.limit or None]
+    examples = [Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
+                for d in gold]
+    scores = nlp.evaluate(examples, batch_size=args.batch_size)
+    print(f"{'label':<8} {'P':>6} {'R':>6} {'F':>6}")
+    for label, prf in sorted((scores.get("ents_per_type") or {}).items()):
+        print(f"{label:<8} {prf['p'] * 100:6.2f} {prf['r'] * 100:6.2f} {prf['f'] * 100:6.2f}")
+    print(f"{'spans':<8} {scores['ents_p'] * 100:6.2f} {scores['ents_r'] * 100:6.2f} {scores['ents_f'] * 100:6.2f}"
+          "   (spaCy span P/R/F)")
+    print(f"{'strings':<8} {scores['ents_string_p'] * 100:6.2f} {scores['ents_string_r'] * 100:6.2f} "
+          f"{scores['ents_string_f'] * 100:6.2f}   (paper: micro-F1 over (label, string) sets per doc)")
+    print(f"labels {list(pipe.labels)}, {len(examples)} docs")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({k: v for k, v in scores.items() if k.startswith("ents")}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spacy_padellm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--batch-size", type=int, default=32)
     ann.add_argument("--html", default=None, help="write displaCy HTML here")
     ann.set_defaults(func=_annotate)
+
+    import dataclasses
+
+    from .training.config import TrainConfig
+
+    tr = sub.add_parser("train", help="fine-tune a PaDeLLM LoRA adapter (resumes from OUTPUT/checkpoint)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                        help=f"default: {f.default!r}")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="spaCy ents P/R/F per label and the paper's string micro-F1")
+    ev.add_argument("--data", required=True, help="gold data: CoNLL, .spacy, .jsonl or BMES")
+    ev.add_argument("--model", default="smollm2-135m")
+    ev.add_argument("--adapter", default=None)
+    ev.add_argument("--lang", default="en")
+    ev.add_argument("--limit", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--out", default=None, help="also write the scores as JSON here")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

@@ -27,7 +27,7 @@ from .scoring import USER_DATA_KEY, score as score_examples
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "model": "smollm2-135m",  # packaged name, HF folder or .gguf file
-    "adapter": None,  # peft LoRA folder; its padellm.json holds labels/template/base model
+    "adapter": "default",  # peft LoRA folder ("default": the shipped one, for its base model; null: none)
     "labels": None,  # null: the adapter's labels
     "template": "en",  # "en" (paper, byte-exact) or "zh"
     "batch_size": 32,  # most docs decoded together (bounds memory; nlp.pipe's batch_size can lower it)
@@ -61,10 +61,10 @@ class PaDeLLMNER(Pipe):
     summed token log-probabilities in attrs["scores"]); per-doc counts in doc.user_data["padellm"]."""
 
     def __init__(self, vocab: Any, name: str = "padellm_ner", *, model: str = "smollm2-135m",
-                 adapter: Optional[str] = None, labels: Optional[Sequence[str]] = None, template: str = "en",
+                 adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
                  batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
                  dedup: bool = True, spans_key: str = "padellm") -> None:
-        from .engine.loading import resolve_model  # cheap: no torch
+        from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
         self.name = name
@@ -80,7 +80,7 @@ class PaDeLLMNER(Pipe):
             raise PaDeLLMError(Errors.E010.format(key="spans_key", value=spans_key, why="must be a non-empty string"))
         self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                         dtype=dtype, device=device, dedup=dedup, spans_key=spans_key)
-        self.adapter: Optional[str] = adapter
+        self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
         self._decoder: Any = None
         self._tmpdir: Optional[tempfile.TemporaryDirectory] = None

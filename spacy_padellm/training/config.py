@@ -19,6 +19,9 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: Union[str, List[str]] = "all-linear"
+    # LoRA only on layers >= this index: backward stops there. On SmolLM2 (30 layers) LoRA on the top 15
+    # trained 1.8x faster per token than on all (measured, 2 threads, bf16); 0 = every layer.
+    lora_first_layer: int = 15
     # optimisation
     lr: float = 5e-4  # LoRA on a 135M model tolerates a high rate; warmup keeps the start stable
     warmup_steps: int = 30
@@ -26,8 +29,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: float = 1.0  # may be fractional; max_steps wins when set
     max_steps: Optional[int] = None
-    row_tokens: int = 1024  # packed row length: several documents' tries end to end
-    rows_per_step: int = 2  # rows per optimizer step (~2k tokens: enough signal, still fast steps on CPU)
+    row_tokens: int = 512  # packed row length: documents' tries end to end (1024 ran 25% slower: L^2 masks)
+    rows_per_step: int = 2  # rows per optimizer step (~1k tokens, ~12 CoNLL sentences)
     bf16: str = "auto"  # "auto": bf16 autocast where the CPU has AVX512-BF16/AMX (2.9x faster steps)
     threads: int = 0  # torch threads; 0 = the cores this process may use (more than free cores is 7x slower)
     seed: int = 0

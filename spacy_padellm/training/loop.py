@@ -105,7 +105,7 @@ def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, temp
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) a PaDeLLM LoRA adapter; returns the best dev scores."""
     import spacy
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
     from tqdm import tqdm
 
@@ -129,8 +129,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens)
     print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
 
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    lora = lora_config(model, cfg)
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -170,9 +169,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     model.train()
     bar = tqdm(total=total, initial=step, mininterval=5, dynamic_ncols=False, ncols=110)
     tokens_seen, t_start = 0, time.time()
+    plan: Dict[int, List[List[List[int]]]] = {}
     while step < total:
         epoch, index = divmod(step, steps_per_epoch)
-        batch_rows = epoch_steps(trees, cfg, epoch)[index]
+        if epoch not in plan:
+            plan = {epoch: epoch_steps(trees, cfg, epoch)}
+        batch_rows = plan[epoch][index]
         batch = collate([[trees[i] for i in row] for row in batch_rows], pad_id=tokenizer.eos_token_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, cfg)
@@ -205,6 +207,23 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     if not dev_docs and not (out / BEST).exists():
         atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, meta))
     return best
+
+
+def lora_config(model: Any, cfg: TrainConfig) -> Any:
+    """peft's LoraConfig; with lora_first_layer > 0 the linear layers are named explicitly (peft cannot
+    combine "all-linear" with layers_to_transform)."""
+    from peft import LoraConfig
+
+    kwargs: Dict[str, Any] = dict(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                  task_type="CAUSAL_LM", target_modules=cfg.target_modules)
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", 0)
+    if cfg.lora_first_layer > 0 and n_layers > cfg.lora_first_layer:
+        if cfg.target_modules == "all-linear":
+            out_layer = model.get_output_embeddings()
+            kwargs["target_modules"] = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                                               if isinstance(mod, torch.nn.Linear) and mod is not out_layer})
+        kwargs["layers_to_transform"] = list(range(cfg.lora_first_layer, n_layers))
+    return LoraConfig(**kwargs)
 
 
 def save_adapter(model: Any, folder: Path, meta: Dict[str, Any]) -> None:

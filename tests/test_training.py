@@ -1,0 +1,131 @@
+"""Training end to end on tiny things: overfit two documents, resume after a kill, the project workflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import spacy
+
+from spacy_padellm.training.config import TrainConfig
+from spacy_padellm.training.loop import train
+
+from conftest import build_tiny
+
+DOCS = [
+    {"text": "Ada Lovelace met Charles Babbage in London .", "entities": [[0, 12, "PER"], [17, 32, "PER"], [36, 42, "LOC"]]},
+    {"text": "Acme Corp opened in Paris .", "entities": [[0, 9, "ORG"], [20, 25, "LOC"]]},
+]
+
+
+def write_jsonl(path: Path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def wide_tiny(tokenizer, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("wide-tiny")
+    return build_tiny("llama", tokenizer, folder, hidden=64)
+
+
+def overfit_config(tmp_path: Path, model: str, **kw) -> TrainConfig:
+    data = write_jsonl(tmp_path / "two.jsonl", DOCS)
+    values = dict(train=data, dev=data, output=str(tmp_path / "out"), model=model, lora_r=16, lora_alpha=32,
+                  lora_first_layer=0, lora_dropout=0.0, lr=1e-2, warmup_steps=5, max_steps=120, rows_per_step=1,
+                  eval_every=40, eval_docs=2, checkpoint_every=20, threads=1, bf16="false", max_new_tokens=8)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_overfit_two_documents_save_reload_same_entities(tmp_path, wide_tiny):
+    best = train(overfit_config(tmp_path, wide_tiny))
+    assert best["score"] == 1.0, best
+    meta = json.loads((tmp_path / "out" / "best" / "padellm.json").read_text())
+    assert meta["labels"] == ["LOC", "ORG", "PER"] and meta["template"] == "en" and meta["base_model"] == wide_tiny
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": wide_tiny, "adapter": str(tmp_path / "out" / "best"),
+                                        "dtype": "float32", "device": "cpu"})
+    nlp.to_disk(tmp_path / "pipeline")
+    nlp2 = spacy.load(tmp_path / "pipeline")
+    for record in DOCS:
+        doc = nlp2(record["text"])
+        assert [[e.start_char, e.end_char, e.label_] for e in doc.ents] == record["entities"]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, wide_tiny):
+    """SIGKILL mid-run, start again: the step count continues and the result equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    steps = dict(max_steps=30, checkpoint_every=4, eval_every=1000, lr=5e-3)
+    whole = overfit_config(tmp_path / "a", wide_tiny, **steps) if (tmp_path / "a").mkdir() is None else None
+    train(whole)
+    (tmp_path / "b").mkdir()
+    cfg = overfit_config(tmp_path / "b", wide_tiny, **steps)
+    code = ("import json,sys; from spacy_padellm.training.config import TrainConfig; "
+            "from spacy_padellm.training.loop import train; train(TrainConfig(**json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg.to_dict())], cwd=str(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = Path(cfg.output) / "checkpoint" / "state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < killed_at < 30
+    train(cfg)
+    log = [json.loads(x) for x in (Path(cfg.output) / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 30
+    assert torch.load(ckpt, weights_only=False)["step"] == 30
+    a = load_file(str(tmp_path / "a" / "out" / "checkpoint" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "out" / "checkpoint" / "adapter_model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+CONLL_TRAIN = """-DOCSTART- -X- -X- O
+
+Ada NNP B-NP B-PER
+Lovelace NNP I-NP I-PER
+visited VBD B-VP O
+Rome NNP B-NP B-LOC
+. . O O
+
+Zed NNP B-NP B-ORG
+Bank NNP I-NP I-ORG
+hired VBD B-VP O
+Bob NNP B-NP B-PER
+. . O O
+"""
+
+
+def test_project_workflow_runs_end_to_end_on_a_tiny_slice(tmp_path, tiny_llama):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "train.conll").write_text(CONLL_TRAIN)
+    (tmp_path / "dev.conll").write_text(CONLL_TRAIN)
+    work = tmp_path / "work"
+    overrides = [f"--vars.raw_dir={tmp_path}",
+                 f"--vars.work={work}", f"--vars.model={tiny_llama}", "--vars.max_steps=3", "--vars.eval_every=3",
+                 "--vars.eval_docs=2", "--vars.lora_first_layer=0", "--vars.threads=1"]
+    result = subprocess.run([sys.executable, "-m", "spacy", "project", "run", "all", str(root), *overrides],
+                            capture_output=True, text=True, cwd=str(root))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (work / "training" / "best" / "adapter_model.safetensors").is_file()
+    assert (work / "training" / "curves.png").stat().st_size > 1000
+    scores = json.loads((work / "metrics" / "dev.json").read_text())
+    assert "ents_f" in scores and "ents_string_f" in scores
+    html = (work / "visualize" / "dev.html").read_text()
+    assert html.count("class=\"entities\"") == 2 and "Zed Bank hired Bob" in html
+    assert "strings" in result.stdout and "PER" in result.stdout  # the per-label table was printed
