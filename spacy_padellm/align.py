@@ -38,8 +38,9 @@ def _token_span(doc: Doc, start: int, end: int, strict: bool) -> Optional[Span]:
     return doc.char_span(start, end, alignment_mode="strict" if strict else "expand")
 
 
-def find_span(doc: Doc, mention: str, cursor: int) -> Optional[Tuple[int, int, int]]:
-    """(token start, token end, char end) of the best occurrence of `mention`, or None.
+def find_span(doc: Doc, mention: str, cursor: int, lo: int = 0, hi: Optional[int] = None
+              ) -> Optional[Tuple[int, int, int]]:
+    """(token start, token end, char end) of the best occurrence of `mention` in doc.text[lo:hi], or None.
 
     Order of preference: exact case after `cursor`, exact case anywhere, any case after `cursor`, any case
     anywhere; within each, the first token-aligned match, else the first match expanded to tokens.
@@ -48,10 +49,12 @@ def find_span(doc: Doc, mention: str, cursor: int) -> Optional[Tuple[int, int, i
     if pattern is None:
         return None
     text = doc.text
+    hi = len(text) if hi is None else hi
+    cursor = max(cursor, lo)
     for flags in (0, re.IGNORECASE):
         regex = re.compile(pattern, flags)
-        for begin in ((cursor, 0) if cursor > 0 else (0,)):
-            matches = list(regex.finditer(text, begin))
+        for begin in ((cursor, lo) if cursor > lo else (lo,)):
+            matches = list(regex.finditer(text, begin, hi))
             for strict in (True, False):
                 for m in matches:
                     span = _token_span(doc, m.start(), m.end(), strict)
@@ -60,9 +63,9 @@ def find_span(doc: Doc, mention: str, cursor: int) -> Optional[Tuple[int, int, i
     return None
 
 
-def align_mentions(doc: Doc, mentions: Sequence[MentionLike]
+def align_mentions(doc: Doc, mentions: Sequence[MentionLike], lo: int = 0, hi: Optional[int] = None
                    ) -> Tuple[List[AlignedMention], List[MentionLike]]:
-    """Aligned mentions and the ones that could not be placed (empty, or not in the text).
+    """Aligned mentions and the ones that could not be placed (empty, or not in doc.text[lo:hi]).
 
     A label that names the same span twice (a repeat the text does not support) keeps it once.
     """
@@ -71,7 +74,7 @@ def align_mentions(doc: Doc, mentions: Sequence[MentionLike]
     cursors: dict = {}
     seen = set()
     for m in sorted(mentions, key=lambda m: m.k):
-        found = find_span(doc, m.text.strip(), cursors.get(m.label, 0))
+        found = find_span(doc, m.text.strip(), cursors.get(m.label, lo), lo, hi)
         if found is None:
             missing.append(m)
             continue

@@ -5,10 +5,10 @@ No weights load in the factory: the model loads on first use, in `initialize`, o
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -20,6 +20,7 @@ from spacy.training import Example
 from spacy.util import minibatch
 
 from .align import align_mentions, choose_entities
+from .chunking import chunk_doc, group, span_getter_bounds
 from .dedup import dedup_mentions
 from .errors import Errors, PaDeLLMError
 from .prompts import get_template, validate_labels
@@ -36,8 +37,22 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "device": "auto",
     "dedup": True,  # the paper's one-label-per-string rule
     "spans_key": "padellm",
+    "max_chunk_tokens": 128,  # longer docs are cut at sentence boundaries into chunks of at most this
+    "batch_tokens": 4096,  # most tokens (over all chunks) decoded together: bounds memory
+    "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
 }
 CFG_FILE = "cfg.json"
+
+
+@dataclass(frozen=True)
+class ChunkPrediction:
+    """The engine's prediction for doc[start:end]; `passes` = forward passes of the doc's group (set on the
+    doc's last chunk of each group, so summing over chunks counts each pass once)."""
+
+    start: int
+    end: int
+    prediction: Any  # engine.decoder.DocPrediction
+    passes: int
 ADAPTER_DIR = "adapter"
 
 
@@ -50,10 +65,12 @@ ADAPTER_DIR = "adapter"
 )
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
-                     spans_key: str) -> "PaDeLLMNER":
+                     spans_key: str, max_chunk_tokens: int, batch_tokens: int,
+                     span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]]) -> "PaDeLLMNER":
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                      dedup=dedup, spans_key=spans_key)
+                      dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
+                      batch_tokens=batch_tokens, span_getter=span_getter)
 
 
 class PaDeLLMNER(Pipe):
@@ -63,7 +80,8 @@ class PaDeLLMNER(Pipe):
     def __init__(self, vocab: Any, name: str = "padellm_ner", *, model: str = "smollm2-135m",
                  adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
                  batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
-                 dedup: bool = True, spans_key: str = "padellm") -> None:
+                 dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
+                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None) -> None:
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
@@ -71,7 +89,8 @@ class PaDeLLMNER(Pipe):
         self.template_name = template
         get_template(template)
         self.model_ref = resolve_model(model)
-        for key, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        for key, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                           ("max_chunk_tokens", max_chunk_tokens), ("batch_tokens", batch_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a positive integer"))
         if dtype not in ("auto", "float32", "bfloat16"):
@@ -79,7 +98,9 @@ class PaDeLLMNER(Pipe):
         if not isinstance(spans_key, str) or not spans_key:
             raise PaDeLLMError(Errors.E010.format(key="spans_key", value=spans_key, why="must be a non-empty string"))
         self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                        dtype=dtype, device=device, dedup=dedup, spans_key=spans_key)
+                                        dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
+                                        max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens)
+        self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
         self._decoder: Any = None
@@ -175,41 +196,72 @@ class PaDeLLMNER(Pipe):
                 self.get_error_handler()(self.name, self, docs, err)
             yield from docs
 
-    def predict(self, docs: Iterable[Doc]) -> List[Any]:
-        """One DocPrediction per doc; docs without any non-space text skip the model."""
-        from .engine.decoder import DocPrediction
+    def predict(self, docs: Iterable[Doc]) -> List[List[Any]]:
+        """Per doc, a list of ChunkPrediction covering it; whitespace-only chunks skip the model.
 
+        Chunks of all docs are decoded together, in groups bounded by batch_size and batch_tokens.
+        """
         docs = list(docs)
-        todo = [i for i, d in enumerate(docs) if d.text.strip()]
-        out: List[Any] = [DocPrediction({}, {}, (), dict(forward_passes=0, prompt_tokens=0, generated_tokens=0))
-                          for _ in docs]
-        if todo:
-            decoder = self.decoder
-            preds = decoder.predict([docs[i].text for i in todo], list(self.labels), [len(docs[i]) for i in todo])
-            for i, p in zip(todo, preds):
-                out[i] = p
+        max_tokens = self.cfg["max_chunk_tokens"]
+        bounds = span_getter_bounds(self.span_getter, docs) if self.span_getter else [None] * len(docs)
+        chunks = [(i, s, e) for i, doc in enumerate(docs) for s, e in chunk_doc(doc, max_tokens, bounds[i])
+                  if doc[s:e].text.strip()]
+        out: List[List[Any]] = [[] for _ in docs]
+        sizes = [e - s for _, s, e in chunks]
+        for ids in group(sizes, self.cfg["batch_size"], self.cfg["batch_tokens"]):
+            part = [chunks[j] for j in ids]
+            preds = self.decoder.predict([docs[i][s:e].text for i, s, e in part], list(self.labels),
+                                         [e - s for _, s, e in part])
+            passes: Dict[int, int] = {}
+            for (i, s, e), pred in zip(part, preds):  # chunks of one doc in one group share their passes
+                passes[i] = max(passes.get(i, 0), pred.stats["forward_passes"])
+                out[i].append(ChunkPrediction(s, e, pred, 0))
+            for i, n in passes.items():
+                last = out[i][-1]
+                out[i][-1] = ChunkPrediction(last.start, last.end, last.prediction, n)
         return out
 
-    def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[Any]) -> None:
-        for doc, pred in zip(docs, predictions):
-            mentions = list(pred.mentions)
-            dropped: List[Any] = []
-            if self.cfg["dedup"]:
-                mentions, dropped = dedup_mentions(mentions, list(self.labels))
-            aligned, missing = align_mentions(doc, mentions)
+    def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[Any]]) -> None:
+        labels = list(self.labels)
+        for doc, chunk_preds in zip(docs, predictions):
+            aligned, kept, missing, dropped, unfinished = [], [], [], [], []
+            stats = dict(forward_passes=0, prompt_tokens=0, generated_tokens=0)
+            counts: Dict[str, int] = {}
+            raw: Dict[str, List[str]] = {}
+            for chunk in chunk_preds:
+                pred = chunk.prediction
+                mentions = list(pred.mentions)
+                if self.cfg["dedup"]:  # per chunk: the unit the model saw
+                    mentions, gone = dedup_mentions(mentions, labels)
+                    dropped += gone
+                span = doc[chunk.start:chunk.end]
+                found, lost = align_mentions(doc, mentions, span.start_char, span.end_char)
+                aligned += found
+                missing += lost
+                kept += mentions
+                unfinished += [m for m in pred.mentions if not m.finished]
+                stats["forward_passes"] += chunk.passes
+                stats["prompt_tokens"] += pred.stats.get("prompt_tokens", 0)
+                stats["generated_tokens"] += pred.stats.get("generated_tokens", 0)
+                for label, n in pred.counts.items():
+                    counts[label] = counts.get(label, 0) + n
+                    raw.setdefault(label, []).append(pred.raw_counts[label])
+            unique = {(a.label, a.start, a.end): a for a in sorted(aligned, key=lambda a: a.logprob)}
+            aligned = sorted(unique.values(), key=lambda a: (a.start, a.end, a.label))
             spans = [Span(doc, a.start, a.end, label=a.label) for a in aligned]
             doc.spans[self.spans_key] = SpanGroup(doc, name=self.spans_key, spans=spans,
                                                   attrs={"scores": [a.logprob for a in aligned]})
             ents = choose_entities(aligned)
             doc.set_ents([Span(doc, a.start, a.end, label=a.label) for a in ents], default="outside")
             doc.user_data[USER_DATA_KEY] = {
-                **pred.stats,
-                "counts": dict(pred.counts),
-                "raw_counts": dict(pred.raw_counts),
-                "mentions": [[m.label, m.text, m.logprob] for m in mentions],
+                **stats,
+                "chunks": len(chunk_preds),
+                "counts": counts,
+                "raw_counts": {label: " ".join(v) for label, v in raw.items()},
+                "mentions": [[m.label, m.text, m.logprob] for m in kept],
                 "unaligned": [[m.label, m.text] for m in missing],
                 "dropped_duplicates": [[m.label, m.text] for m in dropped],
-                "unfinished": [[m.label, m.text] for m in pred.mentions if not m.finished],
+                "unfinished": [[m.label, m.text] for m in unfinished],
             }
 
     def score(self, examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
@@ -277,11 +329,18 @@ class PaDeLLMNER(Pipe):
 
     def __reduce__(self) -> Any:
         """Pickles carry settings and adapter bytes, never the loaded torch model (it reloads lazily)."""
-        return (_unpickle_pipe, (self.vocab, self.name, self.to_bytes()))
+        if self.span_getter is not None:
+            import pickle
+
+            try:
+                pickle.dumps(self.span_getter)
+            except Exception as err:
+                raise PaDeLLMError(Errors.E015.format(getter=self.span_getter, err=err)) from err
+        return (_unpickle_pipe, (self.vocab, self.name, self.to_bytes(), self.span_getter))
 
 
-def _unpickle_pipe(vocab: Any, name: str, data: bytes) -> PaDeLLMNER:
+def _unpickle_pipe(vocab: Any, name: str, data: bytes, span_getter: Optional[Callable] = None) -> PaDeLLMNER:
     pipe = PaDeLLMNER.__new__(PaDeLLMNER)
     pipe.vocab, pipe.name = vocab, name
-    pipe._decoder, pipe._tmpdir = None, None
+    pipe._decoder, pipe._tmpdir, pipe.span_getter = None, None, span_getter
     return pipe.from_bytes(data)

@@ -35,3 +35,7 @@ class Errors:
     E013 = ("[E013] Could not load the tokenizer of {path!r}: {err}.")
     E014 = ("[E014] Labels {labels!r} are unknown to the adapter {path!r}, which was trained with {known!r}. "
             "Leave 'labels' null to use the adapter's labels, pick from them, or train an adapter with these.")
+    E015 = ("[E015] The span_getter {getter!r} cannot be pickled ({err}). Save the pipeline with nlp.to_disk "
+            "and load it with spacy.load (the config rebuilds the getter), or leave span_getter null.")
+    E016 = ("[E016] The adapter file {path!r} is unreadable or truncated ({err}). Copy the adapter folder "
+            "again, or re-run training: the last complete adapter is in OUTPUT/best.")

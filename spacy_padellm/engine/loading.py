@@ -199,16 +199,25 @@ def apply_adapter(model: Any, path: str, model_name: str) -> Any:
     from safetensors import safe_open
 
     folder = check_adapter_folder(path)
-    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as err:
+        raise PaDeLLMError(Errors.E016.format(path=str(folder / "adapter_config.json"), err=err)) from err
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file() and not (folder / "adapter_model.bin").is_file():
+        raise PaDeLLMError(Errors.E016.format(path=str(weights), err="no such file"))
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                stored = set(handle.keys())
+        except Exception as err:
+            raise PaDeLLMError(Errors.E016.format(path=str(weights), err=f"{type(err).__name__}: {err}")) from err
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as err:
         raise PaDeLLMError(Errors.E004.format(path=path, model=model_name, base=base,
                                               err=f"{type(err).__name__}: {err}")) from err
-    weights = folder / "adapter_model.safetensors"
     if weights.is_file():
-        with safe_open(str(weights), framework="pt") as handle:
-            stored = set(handle.keys())
         loaded = {n for n, _ in peft_model.named_parameters() if "lora_" in n}
         unplaced = [k for k in stored if not any(_same_param(k, n) for n in loaded)]
         if unplaced:
