@@ -87,6 +87,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    import spacy
+
+    from .benchmark import benchmark, build_methods, plot, save, table
+    from .training.readers import read_any
+
+    gold = [d for d in read_any(args.data, spacy.blank(args.lang).vocab) if d.text.strip()]
+    if args.limit:
+        gold = gold[: args.limit]
+    adapters = dict(x.split("=", 1) for x in args.adapters.split(",") if x) if args.adapters else {}
+    runners = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.model, adapters,
+                            args.dtype)
+    result = benchmark(gold, runners, [int(x) for x in args.batch_sizes.split(",")],
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(table(result))
+    if args.out:
+        save(result, args.out)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spacy_padellm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--out", default=None, help="also write the scores as JSON here")
     ev.set_defaults(func=_evaluate)
+
+    bm = sub.add_parser("benchmark", help="PaDeLLM vs autoregressive NER, side by side in one process")
+    bm.add_argument("--data", required=True)
+    bm.add_argument("--limit", type=int, default=0)
+    bm.add_argument("--methods", default="padellm,padellm_reference,autoreg_struct,autoreg_aug")
+    bm.add_argument("--batch-sizes", default="1,32")
+    bm.add_argument("--model", default="smollm2-135m")
+    bm.add_argument("--adapters", default="", help="METHOD=FOLDER,... (default: the packaged adapters)")
+    bm.add_argument("--dtype", default="auto")
+    bm.add_argument("--lang", default="en")
+    bm.add_argument("--out", default=None, help="results JSON")
+    bm.add_argument("--plot", default=None, help="results PNG")
+    bm.set_defaults(func=_benchmark)
     return parser
 
 

@@ -39,3 +39,6 @@ class Errors:
             "and load it with spacy.load (the config rebuilds the getter), or leave span_getter null.")
     E016 = ("[E016] The adapter file {path!r} is unreadable or truncated ({err}). Copy the adapter folder "
             "again, or re-run training: the last complete adapter is in OUTPUT/best.")
+    E017 = ("[E017] No adapter for method {method!r} at {path!r}. Train it (`spacy project run "
+            "train-baselines` or `python -m spacy_padellm train --format {method} ...`) or point "
+            "--adapters {method}=FOLDER at one.")

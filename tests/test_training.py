@@ -129,3 +129,12 @@ def test_project_workflow_runs_end_to_end_on_a_tiny_slice(tmp_path, tiny_llama):
     html = (work / "visualize" / "dev.html").read_text()
     assert html.count("class=\"entities\"") == 2 and "Zed Bank hired Bob" in html
     assert "strings" in result.stdout and "PER" in result.stdout  # the per-label table was printed
+
+
+@pytest.mark.parametrize("fmt", ["autoreg_struct", "autoreg_aug"])
+def test_baseline_formats_train_and_overfit(tmp_path, wide_tiny, fmt):
+    """The baselines train with the same loop, data and LoRA settings, and decode what they learned."""
+    best = train(overfit_config(tmp_path, wide_tiny, format=fmt, max_steps=150, eval_every=50))
+    assert best["score"] == 1.0, best
+    meta = json.loads((tmp_path / "out" / "best" / "padellm.json").read_text())
+    assert meta["format"] == fmt

@@ -160,7 +160,7 @@ class Decoder:
                 sources.append(d * n_labels + j)
                 keeps.append(keep)
                 suffixes.append(full[keep:])
-            for (d, j, c, k), (ids, logprob, done) in zip(chunk, self._greedy(label_state.select(sources, keeps),
+            for (d, j, c, k), (ids, logprob, done) in zip(chunk, self.greedy(label_state.select(sources, keeps),
                                                                            suffixes, [r[0] for r in chunk], stats)):
                 text = self.tokenizer.decode(ids, skip_special_tokens=False)
                 out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))
@@ -168,9 +168,10 @@ class Decoder:
             preds.sort(key=lambda m: (labels.index(m.label), m.k))
         return out
 
-    def _greedy(self, state: KVState, suffixes: List[List[int]], row_docs: List[int], stats: List[DocStats]
+    def greedy(self, state: KVState, suffixes: List[List[int]], row_docs: List[int], stats: List[DocStats]
                 ) -> List[Tuple[List[int], float, bool]]:
-        """Greedy decoding until EOS or max_new_tokens; finished rows leave the batch."""
+        """Greedy decoding of each row's continuation of state + suffix, until EOS or max_new_tokens;
+        finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row."""
         n = len(suffixes)
         ids: List[List[int]] = [[] for _ in range(n)]
         logprob = [0.0] * n

@@ -13,6 +13,7 @@ class TrainConfig:
     model: str = "smollm2-135m"  # base model: packaged name, HF folder or .gguf
     labels: Optional[List[str]] = None  # None: every label in the training data, sorted
     template: str = "en"
+    format: str = "padellm"  # or a baseline: "autoreg_struct", "autoreg_aug" (same data, steps and LoRA)
     lang: str = "en"  # spaCy language of the tokenizer used for alignment in dev evaluation
     # LoRA
     lora_r: int = 16

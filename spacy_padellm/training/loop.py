@@ -19,7 +19,7 @@ import torch
 
 from ..prompts import get_template, special_prefix
 from .config import TrainConfig
-from .examples import doc_examples, encode_example
+from .examples import Example, doc_examples, encode_example
 from .packing import PackedTree, collate, pack_examples, packed_loss
 
 CHECKPOINT = "checkpoint"
@@ -89,14 +89,23 @@ def log(path: Path, record: Dict[str, Any]) -> None:
 
 
 def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template_name: str,
-                row_tokens: int) -> List[PackedTree]:
+                row_tokens: int, fmt: str = "padellm") -> List[PackedTree]:
+    """One trie per document: PaDeLLM's label/mention branches, or a baseline's single sequence."""
+    from ..baselines.formats import FORMATS
+
     template = get_template(template_name)
     bos = special_prefix(tokenizer)
     trees = []
     for doc in docs:
         if not doc.text.strip():
             continue
-        tree = pack_examples([encode_example(tokenizer, e, bos) for e in doc_examples(doc, labels, template)])
+        if fmt == "padellm":
+            examples = doc_examples(doc, labels, template)
+        else:
+            prompt, build, _ = FORMATS[fmt]
+            ents = [(e.start_char, e.end_char, e.label_) for e in doc.ents]
+            examples = [Example(prompt.format(text=doc.text), build(doc.text, ents, labels))]
+        tree = pack_examples([encode_example(tokenizer, e, bos) for e in examples])
         if len(tree) <= row_tokens:  # a document longer than a row is skipped, never truncated mid-target
             trees.append(tree)
     return trees
@@ -126,7 +135,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     labels = cfg.labels or sorted({e.label_ for d in train_docs for e in d.ents})
     model, tokenizer = load_base(resolve_model(cfg.model), torch.float32, "cpu")
     t0 = time.time()
-    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens)
+    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens, cfg.format)
     print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
 
     lora = lora_config(model, cfg)
@@ -145,7 +154,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         step, best = state["step"], state["best"]
         torch.set_rng_state(state["rng"])
         print(f"[train] resumed from step {step}", flush=True)
-    meta = {"labels": labels, "template": cfg.template, "base_model": cfg.model, "config": cfg.to_dict()}
+    meta = {"labels": labels, "template": cfg.template, "format": cfg.format, "base_model": cfg.model,
+            "config": cfg.to_dict()}
 
     def save_checkpoint() -> None:
         def write(tmp: Path) -> None:
@@ -159,6 +169,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
         model.eval()
         try:
+            if cfg.format != "padellm":
+                from ..baselines.autoreg import evaluate_autoreg
+
+                return evaluate_autoreg(model.get_base_model(), tokenizer, labels, cfg.format, docs,
+                                        batch_size=cfg.eval_batch_size, bf16=use_bf16)
             return evaluate_model(model.get_base_model(), tokenizer, labels, cfg.template, docs, nlp,
                                   batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                                   bf16=use_bf16)

@@ -1,0 +1,20 @@
+"""Render a benchmark results JSON as BENCHMARKS.md (table, speedups, plot, machine, command)."""
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+from spacy_padellm.benchmark import table
+
+result = json.loads(Path(sys.argv[1]).read_text())
+out = Path(sys.argv[2])
+lines = [
+    "# Benchmarks", "",
+    f"Measured {date.today().isoformat()} on: {result['device']}; {result['n_docs']} documents.",
+    "Methods ran interleaved on the same batches after a warm-up, in one process (`spacy project run benchmark`,",
+    "i.e. `python -m spacy_padellm benchmark --data project/corpus/dev.spacy --batch-sizes 1,32 ...`).", "",
+    "```", table(result), "```", "",
+    "Speedup: the baseline's p50 latency over padellm's at batch size 1, padellm's docs/s over the baseline's above.",
+    "", "![benchmark](benchmarks/benchmark.png)", ""]
+out.write_text("\n".join(lines), encoding="utf8")
+print(f"-> {out}")

@@ -1,0 +1,194 @@
+"""PaDeLLM against autoregressive NER on the same base model, side by side in one process.
+
+Methods run interleaved on the same document batches (the order rotates per batch) after a warm-up, so
+ratios hold on a noisy machine. Quality is scored twice: the paper's micro-F1 over per-document sets of
+(label, string), and spaCy's span F1 after alignment.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from spacy.scorer import get_ner_prf
+from spacy.tokens import Doc
+from spacy.training import Example
+
+from .errors import Errors, PaDeLLMError
+from .scoring import gold_strings, predicted_strings, string_prf
+
+METHODS = ("padellm", "padellm_reference", "autoreg_struct", "autoreg_aug")
+PACKAGE = Path(__file__).resolve().parent
+ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_reference": PACKAGE / "default_adapter",
+            "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
+            "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
+Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]
+
+
+def _copy(gold: Doc) -> Doc:
+    return Doc(gold.vocab, words=[t.text for t in gold], spaces=[bool(t.whitespace_) for t in gold])
+
+
+def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dtype: str) -> Dict[str, Run]:
+    """One runner per method: docs in, (predicted doc, predicted strings, counters) out."""
+    import spacy
+
+    from .baselines.autoreg import AutoregNER, set_pairs
+    from .baselines.reference import ReferencePaDeLLM
+    from .engine.loading import (apply_adapter, load_base, read_adapter_meta, resolve_device, resolve_dtype,
+                                 resolve_model)
+
+    runners: Dict[str, Run] = {}
+    device = resolve_device("auto")
+    for name in names:
+        if name not in METHODS:
+            raise PaDeLLMError(Errors.E010.format(key="methods", value=name, why=f"use some of {list(METHODS)}"))
+        path = str(adapters.get(name) or ADAPTERS[name])
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise PaDeLLMError(Errors.E017.format(method=name, path=path))
+        meta = read_adapter_meta(path)
+        if name in ("padellm", "padellm_reference"):
+            nlp = spacy.blank("en")
+            pipe = nlp.add_pipe("padellm_ner", config={"model": model, "adapter": path, "dtype": dtype})
+            if name == "padellm":
+                def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
+                    out = list(nlp.pipe([_copy(d) for d in docs], batch_size=len(docs)))
+                    return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in
+                                                       ("forward_passes", "prompt_tokens", "generated_tokens")})
+                            for d in out]
+            else:
+                ref = ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
+                                       pipe.template_name, pipe.cfg["max_new_tokens"])
+
+                def run(docs: List[Doc], ref: Any = ref, pipe: Any = pipe
+                        ) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
+                    from .component import ChunkPrediction
+                    from .engine.decoder import DocPrediction
+
+                    preds = ref.predict([d.text for d in docs], [len(d) for d in docs])
+                    out = []
+                    for gold, (mentions, stats) in zip(docs, preds):
+                        doc = _copy(gold)
+                        pipe.set_annotations([doc], [[ChunkPrediction(0, len(doc), DocPrediction(
+                            {}, {}, tuple(mentions), stats), stats["forward_passes"])]])
+                        out.append((doc, predicted_strings(doc), stats))
+                    return out
+        else:
+            base, tokenizer = load_base(resolve_model(model), resolve_dtype(dtype, device), device)
+            ner = AutoregNER(apply_adapter(base, path, model), tokenizer, meta["labels"], name)
+
+            def run(docs: List[Doc], ner: Any = ner) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
+                return [(set_pairs(_copy(g), pairs), {(lab, s.strip()) for lab, s in pairs}, stats)
+                        for g, (pairs, stats) in zip(docs, ner.predict([d.text for d in docs]))]
+        runners[name] = run
+    return runners
+
+
+def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[int], warmup: int = 2,
+              log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    names = list(runners)
+    for name in names:  # warm-up: allocator, oneDNN kernels, lazy loading
+        runners[name](gold[:warmup])
+    result: Dict[str, Any] = {"device": device_description(), "n_docs": len(gold), "methods": {}}
+    for name in names:
+        result["methods"][name] = {"by_batch_size": {}}
+    for bs in batch_sizes:
+        batches = [gold[i:i + bs] for i in range(0, len(gold), bs)]
+        times: Dict[str, List[float]] = {n: [] for n in names}
+        outputs: Dict[str, List[Any]] = {n: [] for n in names}
+        for b, batch in enumerate(batches):
+            for name in names[b % len(names):] + names[:b % len(names)]:
+                t0 = time.perf_counter()
+                out = runners[name](batch)
+                times[name].append(time.perf_counter() - t0)
+                outputs[name].extend(out)
+            if log and (b + 1) % max(1, len(batches) // 10) == 0:
+                log(f"batch size {bs}: {b + 1}/{len(batches)} batches")
+        for name in names:
+            lat = [1000 * t for t in times[name]]
+            stats = [s for _, _, s in outputs[name]]
+            entry = {"latency_ms_p50": statistics.median(lat), "latency_ms_p90": _quantile(lat, 0.9),
+                     "docs_per_s": len(gold) / sum(times[name]),
+                     **{f"{k}_mean": statistics.fmean(s[k] for s in stats)
+                        for k in ("forward_passes", "prompt_tokens", "generated_tokens")}}
+            result["methods"][name]["by_batch_size"][str(bs)] = entry
+            if "f1_string" not in result["methods"][name]:
+                prf = string_prf((strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold))
+                span = get_ner_prf([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
+                result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"])
+    if "padellm" in names:
+        base = result["methods"]["padellm"]["by_batch_size"]
+        result["speedup_vs"] = {}
+        for name in names:
+            if name == "padellm":
+                continue
+            other = result["methods"][name]["by_batch_size"]
+            result["speedup_vs"][name] = {
+                str(bs): (other[str(bs)]["latency_ms_p50"] / base[str(bs)]["latency_ms_p50"] if bs == 1
+                          else base[str(bs)]["docs_per_s"] / other[str(bs)]["docs_per_s"]) for bs in batch_sizes}
+    return result
+
+
+def _quantile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def device_description() -> str:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def table(result: Dict[str, Any]) -> str:
+    lines = [f"{'method':<18} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} {'docs/s':>8} {'passes':>7} {'prompt':>7} "
+             f"{'gen':>6} {'F1 str':>7} {'F1 span':>7}"]
+    for name, m in result["methods"].items():
+        for bs, e in m["by_batch_size"].items():
+            lines.append(f"{name:<18} {bs:>3} {e['latency_ms_p50']:9.1f} {e['latency_ms_p90']:9.1f} "
+                         f"{e['docs_per_s']:8.2f} {e['forward_passes_mean']:7.1f} {e['prompt_tokens_mean']:7.1f} "
+                         f"{e['generated_tokens_mean']:6.1f} {100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f}")
+    for name, by in result.get("speedup_vs", {}).items():
+        lines.append(f"padellm vs {name}: " + ", ".join(f"bs {bs}: {x:.2f}x" for bs, x in by.items()))
+    return "\n".join(lines)
+
+
+def plot(result: Dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["methods"])
+    sizes = list(next(iter(result["methods"].values()))["by_batch_size"])
+    fig, axes = plt.subplots(1, len(sizes) + 1, figsize=(4.5 * (len(sizes) + 1), 4))
+    for ax, bs in zip(axes, sizes):
+        key = "latency_ms_p50" if bs == "1" else "docs_per_s"
+        ax.bar(names, [result["methods"][n]["by_batch_size"][bs][key] for n in names], color="tab:blue")
+        ax.set_title(f"batch size {bs}: {'p50 latency (ms)' if bs == '1' else 'docs/s'}")
+        ax.tick_params(axis="x", rotation=30)
+    axes[-1].bar(names, [result["methods"][n]["by_batch_size"][sizes[0]]["generated_tokens_mean"] for n in names],
+                 color="tab:orange")
+    axes[-1].set_title("generated tokens / doc")
+    axes[-1].tick_params(axis="x", rotation=30)
+    fig.suptitle(f"{result['n_docs']} docs; {result['device']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def save(result: Dict[str, Any], path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1), encoding="utf8")

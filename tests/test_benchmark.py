@@ -1,0 +1,53 @@
+"""The benchmark command on tiny models: every method runs, the JSON has the promised shape."""
+import json
+import subprocess
+import sys
+
+from conftest import LABELS, make_adapter
+
+CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
+    ("Ada", "B-PER"), ("met", "O"), ("Bob", "B-PER"), (".", "O"), ("", ""),
+    ("Acme", "B-ORG"), ("left", "O"), ("Paris", "B-LOC"), (".", "O"), ("", ""),
+    ("Nothing", "O"), ("here", "O"), (".", "O"), ("", "")])
+
+
+def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_adapter):
+    adapters = {"padellm": tiny_adapter, "padellm_reference": tiny_adapter}
+    for fmt in ("autoreg_struct", "autoreg_aug"):
+        folder = make_adapter(tiny_llama, tmp_path / fmt, LABELS)
+        meta = json.loads((tmp_path / fmt / "padellm.json").read_text())
+        (tmp_path / fmt / "padellm.json").write_text(json.dumps({**meta, "format": fmt}))
+        adapters[fmt] = folder
+    data = tmp_path / "dev.conll"
+    data.write_text(CONLL)
+    out, png = tmp_path / "results.json", tmp_path / "results.png"
+    cmd = [sys.executable, "-m", "spacy_padellm", "benchmark", "--data", str(data), "--limit", "3",
+           "--model", tiny_llama, "--dtype", "float32", "--batch-sizes", "1,2", "--out", str(out), "--plot", str(png),
+           "--adapters", ",".join(f"{k}={v}" for k, v in adapters.items())]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["n_docs"] == 3 and "cores" in result["device"]
+    assert set(result["methods"]) == {"padellm", "padellm_reference", "autoreg_struct", "autoreg_aug"}
+    for m in result["methods"].values():
+        assert 0.0 <= m["f1_string"] <= 1.0 and 0.0 <= m["f1_span"] <= 1.0
+        for bs in ("1", "2"):
+            e = m["by_batch_size"][bs]
+            assert e["latency_ms_p50"] > 0 and e["latency_ms_p90"] >= e["latency_ms_p50"] and e["docs_per_s"] > 0
+            assert e["forward_passes_mean"] >= 1 and e["prompt_tokens_mean"] > 0 and e["generated_tokens_mean"] > 0
+    assert set(result["speedup_vs"]) == {"padellm_reference", "autoreg_struct", "autoreg_aug"}
+    assert all(set(v) == {"1", "2"} for v in result["speedup_vs"].values())
+    # the engine and the reference procedure decode the same mentions with the same adapter
+    p, r = result["methods"]["padellm"], result["methods"]["padellm_reference"]
+    assert abs(p["f1_string"] - r["f1_string"]) < 1e-9
+    assert png.stat().st_size > 1000
+    assert "padellm vs autoreg_struct" in proc.stdout
+
+
+def test_missing_baseline_adapter_is_a_coded_error(tmp_path, tiny_llama):
+    data = tmp_path / "dev.conll"
+    data.write_text(CONLL)
+    proc = subprocess.run([sys.executable, "-m", "spacy_padellm", "benchmark", "--data", str(data), "--model",
+                           tiny_llama, "--methods", "autoreg_struct", "--adapters",
+                           f"autoreg_struct={tmp_path / 'none'}"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "[E017]" in proc.stderr
