@@ -160,10 +160,14 @@ class PaDeLLMNER(Pipe):
             from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
 
             self._resolve_labels(strict=True)
+            import torch
+
             device = resolve_device(self.cfg["device"])
-            model, tokenizer = load_base(self.model_ref, resolve_dtype(self.cfg["dtype"], device), device)
+            dtype = resolve_dtype(self.cfg["dtype"], device)
+            # merge LoRA in float32 (as trained), then cast: merging into bf16 weights rounds twice
+            model, tokenizer = load_base(self.model_ref, torch.float32 if self.adapter else dtype, device)
             if self.adapter is not None:
-                model = apply_adapter(model, self.adapter, self.cfg["model"])
+                model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
             self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"])
         return self._decoder
 

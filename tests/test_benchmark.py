@@ -51,3 +51,16 @@ def test_missing_baseline_adapter_is_a_coded_error(tmp_path, tiny_llama):
                            tiny_llama, "--methods", "autoreg_struct", "--adapters",
                            f"autoreg_struct={tmp_path / 'none'}"], capture_output=True, text=True)
     assert proc.returncode == 2 and "[E017]" in proc.stderr
+
+
+def test_spacy_benchmark_speed_runs_on_a_pipeline_with_the_component(tmp_path, nlp_tiny):
+    from spacy.tokens import DocBin
+
+    nlp_tiny.to_disk(tmp_path / "pipeline")
+    docs = [nlp_tiny.make_doc(t) for t in ["Ada met Bob .", "Paris is big .", "Acme hired Zoë ."]]
+    DocBin(docs=docs).to_disk(tmp_path / "data.spacy")
+    proc = subprocess.run([sys.executable, "-m", "spacy", "benchmark", "speed", str(tmp_path / "pipeline"),
+                           str(tmp_path / "data.spacy"), "--batches", "30", "--batch-size", "1", "--warmup", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "words/s" in proc.stdout.replace("Words/s", "words/s") or "WPS" in proc.stdout

@@ -85,6 +85,8 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, wide_tiny):
     train(cfg)
     log = [json.loads(x) for x in (Path(cfg.output) / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 30
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == sorted(set(steps))  # the resumed run continued the log, it did not repeat steps
     assert torch.load(ckpt, weights_only=False)["step"] == 30
     a = load_file(str(tmp_path / "a" / "out" / "checkpoint" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "out" / "checkpoint" / "adapter_model.safetensors"))

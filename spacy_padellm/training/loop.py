@@ -83,6 +83,23 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after the checkpoint a resumed run restarts from (they will be redone)."""
+    if not path.is_file():
+        return
+    lines = [x for x in path.read_text(encoding="utf8").splitlines() if x.strip()]
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:  # a line cut by the kill
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf8")
+    os.replace(tmp, path)
+
+
 def log(path: Path, record: Dict[str, Any]) -> None:
     with open(path, "a", encoding="utf8") as f:
         f.write(json.dumps(record) + "\n")
@@ -154,6 +171,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         step, best = state["step"], state["best"]
         torch.set_rng_state(state["rng"])
         print(f"[train] resumed from step {step}", flush=True)
+        truncate_log(out / LOG, step)
     meta = {"labels": labels, "template": cfg.template, "format": cfg.format, "base_model": cfg.model,
             "config": cfg.to_dict()}
 
