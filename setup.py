@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["spacy_padellm", "spacy_padellm.*"]),
-    package_data={"spacy_padellm": ["py.typed"]},
+    package_data={"spacy_padellm": ["py.typed", "default_adapter/*", "baseline_adapters/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "spacy>=3.8,<3.9",

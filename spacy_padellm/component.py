@@ -40,6 +40,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_chunk_tokens": 128,  # longer docs are cut at sentence boundaries into chunks of at most this
     "batch_tokens": 4096,  # most tokens (over all chunks) decoded together: bounds memory
     "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
+    "speculate": 0,  # copy-speculative mention decoding: text tokens proposed per pass (same output, fewer passes)
 }
 CFG_FILE = "cfg.json"
 
@@ -66,11 +67,12 @@ ADAPTER_DIR = "adapter"
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
                      spans_key: str, max_chunk_tokens: int, batch_tokens: int,
-                     span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]]) -> "PaDeLLMNER":
+                     span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int
+                     ) -> "PaDeLLMNER":
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                       dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
-                      batch_tokens=batch_tokens, span_getter=span_getter)
+                      batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate)
 
 
 class PaDeLLMNER(Pipe):
@@ -81,7 +83,7 @@ class PaDeLLMNER(Pipe):
                  adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
                  batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
                  dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
-                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None) -> None:
+                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 0) -> None:
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
@@ -93,13 +95,16 @@ class PaDeLLMNER(Pipe):
                            ("max_chunk_tokens", max_chunk_tokens), ("batch_tokens", batch_tokens)):
             if not isinstance(value, int) or value < 1:
                 raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a positive integer"))
+        if not isinstance(speculate, int) or speculate < 0:
+            raise PaDeLLMError(Errors.E010.format(key="speculate", value=speculate, why="must be an integer >= 0"))
         if dtype not in ("auto", "float32", "bfloat16"):
             raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
         if not isinstance(spans_key, str) or not spans_key:
             raise PaDeLLMError(Errors.E010.format(key="spans_key", value=spans_key, why="must be a non-empty string"))
         self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                         dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
-                                        max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens)
+                                        max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens,
+                                        speculate=speculate)
         self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
@@ -168,7 +173,8 @@ class PaDeLLMNER(Pipe):
             model, tokenizer = load_base(self.model_ref, torch.float32 if self.adapter else dtype, device)
             if self.adapter is not None:
                 model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
-            self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"])
+            self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"],
+                                    speculate=self.cfg.get("speculate", 0))
         return self._decoder
 
     def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+import torch
 
 from spacy_padellm.training.config import TrainConfig
 from spacy_padellm.training.loop import train
@@ -38,8 +39,15 @@ def overfit_config(tmp_path: Path, model: str, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_overfit_two_documents_save_reload_same_entities(tmp_path, wide_tiny):
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory, wide_tiny):
+    tmp_path = tmp_path_factory.mktemp("overfit")
     best = train(overfit_config(tmp_path, wide_tiny))
+    return tmp_path, best
+
+
+def test_overfit_two_documents_save_reload_same_entities(overfit, wide_tiny):
+    tmp_path, best = overfit
     assert best["score"] == 1.0, best
     meta = json.loads((tmp_path / "out" / "best" / "padellm.json").read_text())
     assert meta["labels"] == ["LOC", "ORG", "PER"] and meta["template"] == "en" and meta["base_model"] == wide_tiny
@@ -51,6 +59,36 @@ def test_overfit_two_documents_save_reload_same_entities(tmp_path, wide_tiny):
     for record in DOCS:
         doc = nlp2(record["text"])
         assert [[e.start_char, e.end_char, e.label_] for e in doc.ents] == record["entities"]
+
+
+def test_copy_speculative_decoding_equals_plain_greedy(overfit, wide_tiny):
+    """A model that copies mentions from the text: speculation must give greedy's output, in fewer passes."""
+    import random
+
+    from spacy_padellm.engine.decoder import Decoder
+    from spacy_padellm.engine.loading import apply_adapter, load_base, resolve_model
+    from spacy_padellm.prompts import get_template
+
+    tmp_path, _ = overfit
+    model, tok = load_base(resolve_model(wide_tiny), torch.float32, "cpu")
+    model = apply_adapter(model, str(tmp_path / "out" / "best"), wide_tiny)
+    rng = random.Random(0)
+    names = ["Ada Lovelace", "Charles Babbage", "London", "Acme Corp", "Paris", "Zoë Ruiz", "New York City"]
+    texts = [record["text"] for record in DOCS]
+    for _ in range(30):
+        picked = rng.sample(names, 3)
+        texts.append(f"{picked[0]} met {picked[1]} in {picked[2]} .")
+    labels = ["LOC", "ORG", "PER"]
+    plain = Decoder(model, tok, get_template("en"), max_new_tokens=8).predict(texts, labels, [12] * len(texts))
+    fast = Decoder(model, tok, get_template("en"), max_new_tokens=8, speculate=8).predict(texts, labels,
+                                                                                          [12] * len(texts))
+    assert sum(len(p.mentions) for p in plain) > 30
+    for a, b in zip(plain, fast):
+        assert a.counts == b.counts
+        assert [(m.label, m.k, m.text) for m in a.mentions] == [(m.label, m.k, m.text) for m in b.mentions]
+        for x, y in zip(a.mentions, b.mentions):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
+    assert sum(p.stats["forward_passes"] for p in fast) < sum(p.stats["forward_passes"] for p in plain)
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, wide_tiny):

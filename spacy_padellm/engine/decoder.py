@@ -47,8 +47,11 @@ class DocPrediction:
 class Decoder:
     """Greedy PaDeLLM decoding for one loaded model/tokenizer/template."""
 
-    def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32) -> None:
+    def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
+                 speculate: int = 0) -> None:
         self.model = model
+        self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
+        self._space_variant: Dict[int, Optional[int]] = {}
         self.tokenizer = tokenizer
         self.template = template
         self.max_new_tokens = max_new_tokens
@@ -160,18 +163,26 @@ class Decoder:
                 sources.append(d * n_labels + j)
                 keeps.append(keep)
                 suffixes.append(full[keep:])
-            for (d, j, c, k), (ids, logprob, done) in zip(chunk, self.greedy(label_state.select(sources, keeps),
-                                                                           suffixes, [r[0] for r in chunk], stats)):
+            decoded = self.greedy(label_state.select(sources, keeps), suffixes, [r[0] for r in chunk], stats,
+                                  [prompts[d][j] for d, j, _, _ in chunk])
+            for (d, j, c, k), (ids, logprob, done) in zip(chunk, decoded):
                 text = self.tokenizer.decode(ids, skip_special_tokens=False)
                 out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))
         for preds in out:
             preds.sort(key=lambda m: (labels.index(m.label), m.k))
         return out
 
-    def greedy(self, state: KVState, suffixes: List[List[int]], row_docs: List[int], stats: List[DocStats]
-                ) -> List[Tuple[List[int], float, bool]]:
+    def greedy(self, state: Optional[KVState], suffixes: List[List[int]], row_docs: List[int],
+               stats: List[DocStats], sources: Optional[List[Sequence[int]]] = None
+               ) -> List[Tuple[List[int], float, bool]]:
         """Greedy decoding of each row's continuation of state + suffix, until EOS or max_new_tokens;
-        finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row."""
+        finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row.
+
+        With `sources` and self.speculate > 0 (copy-speculative decoding): a row whose last tokens occur in
+        its source (the prompt, which holds the text a mention is copied from) also feeds the source's
+        next tokens; one pass then verifies them all, and the tokens greedy decoding agrees with are kept
+        (the rest are masked out of the cache). The output is greedy decoding's; only passes are saved.
+        """
         n = len(suffixes)
         ids: List[List[int]] = [[] for _ in range(n)]
         logprob = [0.0] * n
@@ -179,34 +190,77 @@ class Decoder:
         if n == 0:
             return []
         logits, state = self._forward(state, suffixes, row_docs, stats, prompt=True)
+        pending = logits[:, None, :]  # [rows, positions, vocab]: next-token logits after each fed token
+        proposals: List[List[int]] = [[] for _ in range(n)]  # what each active row fed beyond its token
         active = list(range(n))
         while active:
-            logp = torch.log_softmax(logits, dim=-1)
-            best = logp.max(dim=-1)
+            best = torch.log_softmax(pending, dim=-1).max(dim=-1)
             tokens, scores = best.indices.tolist(), best.values.tolist()
-            keep, fed = [], []
-            for pos, (row, tok, lp) in enumerate(zip(active, tokens, scores)):
-                stats[row_docs[row]].generated_tokens += 1
-                if tok in self.eos_ids:
-                    done[row] = True
-                    continue
-                ids[row].append(tok)
-                logprob[row] += lp
-                if len(ids[row]) < self.max_new_tokens:
+            keep, segments, real = [], [], []
+            lengths = state.lengths().tolist()
+            for pos, row in enumerate(active):
+                proposal = proposals[row]
+                offset = pending.shape[1] - (len(proposal) + 1)  # the row's segment is right-aligned
+                accepted, alive = 0, True
+                for i in range(len(proposal) + 1):
+                    tok, lp = tokens[pos][offset + i], scores[pos][offset + i]
+                    stats[row_docs[row]].generated_tokens += 1
+                    if tok in self.eos_ids:
+                        done[row], alive = True, False
+                        break
+                    ids[row].append(tok)
+                    logprob[row] += lp
+                    if len(ids[row]) >= self.max_new_tokens:
+                        alive = False
+                        break
+                    if i < len(proposal) and proposal[i] == tok:
+                        accepted += 1  # the cache already holds this token: its logits are valid
+                        continue
+                    break
+                if alive:
                     keep.append(pos)
-                    fed.append(tok)
+                    real.append(lengths[pos] - (len(proposal) - accepted))
+                    proposals[row] = self._propose(ids[row], sources[row]) if sources is not None else []
+                    segments.append([ids[row][-1]] + proposals[row])
             if not keep:
                 break
             active = [active[p] for p in keep]
-            logits, state = self._forward(state.select(keep), [[t] for t in fed], [row_docs[r] for r in active],
-                                          stats, prompt=False)
+            width = max(len(seg) for seg in segments)
+            pending, state = self._forward(state.select(keep, real), segments, [row_docs[r] for r in active],
+                                           stats, prompt=False, n_logits=width)
+            if width == 1:
+                pending = pending[:, None, :]
         return [(ids[r], logprob[r], done[r]) for r in range(n)]
 
+    def _propose(self, decoded: List[int], source: Sequence[int]) -> List[int]:
+        """The source's continuation after its first occurrence of the row's last tokens (2-gram, then
+        1-gram, then the last token with a leading space: a mention's first token has none, the same word
+        inside the text has one)."""
+        if self.speculate <= 0 or not decoded:
+            return []
+        patterns = [decoded[-2:]] if len(decoded) >= 2 else []
+        patterns.append(decoded[-1:])
+        spaced = self._spaced(decoded[-1])
+        if spaced is not None:
+            patterns.append([spaced])
+        for pattern in patterns:
+            n = len(pattern)
+            for j in range(len(source) - n):
+                if list(source[j:j + n]) == pattern:
+                    return list(source[j + n: j + n + self.speculate])
+        return []
+
+    def _spaced(self, token: int) -> Optional[int]:
+        if token not in self._space_variant:
+            ids = encode(self.tokenizer, " " + self.tokenizer.decode([token]))
+            self._space_variant[token] = ids[0] if len(ids) == 1 else None
+        return self._space_variant[token]
+
     def _forward(self, state: Optional[KVState], segments: List[List[int]], row_docs: List[int],
-                 stats: List[DocStats], prompt: bool) -> Tuple[torch.Tensor, KVState]:
+                 stats: List[DocStats], prompt: bool, n_logits: int = 1) -> Tuple[torch.Tensor, KVState]:
         for d in set(row_docs):
             stats[d].forward_passes += 1
         if prompt:
             for d, seg in zip(row_docs, segments):
                 stats[d].prompt_tokens += len(seg)
-        return extend(self.model, state, segments, self.pad_id)
+        return extend(self.model, state, segments, self.pad_id, n_logits)

@@ -68,12 +68,13 @@ def left_pad(segments: Sequence[Sequence[int]], pad_id: int, device: Any) -> Tup
 
 
 @torch.inference_mode()
-def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int]], pad_id: int
-           ) -> Tuple[torch.Tensor, KVState]:
-    """Feed one segment per row in ONE forward pass; return ([rows, vocab] float32 logits, new state).
+def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int]], pad_id: int,
+           n_logits: int = 1) -> Tuple[torch.Tensor, KVState]:
+    """Feed one segment per row in ONE forward pass; return (float32 logits, new state): [rows, vocab] for
+    the last token of each row, or [rows, n_logits, vocab] for the last n_logits columns.
 
-    Segments are left-padded so the last column holds every row's last real token: only that column's
-    logits are computed (the output layer is ~20% of a pass over SmolLM2's 49k-word vocabulary).
+    Segments are left-padded so the last column holds every row's last real token: only the needed
+    columns' logits are computed (the output layer is ~20% of a pass over SmolLM2's 49k-word vocabulary).
     """
     device = model.device if state is None else state.mask.device
     ids, seg_mask = left_pad(segments, pad_id, device)
@@ -82,10 +83,10 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     positions = positions.clamp(min=0)
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
     cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
-    kwargs = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": n_logits} if _accepts_logits_to_keep(model) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, **kwargs)
-    logits = out.logits[:, -1, :].float()
+    logits = out.logits[:, -1, :].float() if n_logits == 1 else out.logits[:, -n_logits:, :].float()
     past = out.past_key_values
     layers = tuple((k, v) for k, v in (past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past))
     return logits, KVState(layers, mask)
