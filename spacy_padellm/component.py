@@ -22,6 +22,7 @@ from spacy.util import minibatch
 from .align import align_mentions, choose_entities
 from .chunking import chunk_doc, group, span_getter_bounds
 from .dedup import dedup_mentions
+from .engine.forking import guard_after_fork
 from .errors import Errors, PaDeLLMError
 from .prompts import get_template, validate_labels
 from .scoring import USER_DATA_KEY, score as score_examples
@@ -160,6 +161,7 @@ class PaDeLLMNER(Pipe):
     @property
     def decoder(self) -> Any:
         """The loaded engine; loads base model (+ merged adapter) on first access."""
+        guard_after_fork()  # before any torch op in an n_process worker (see engine/forking.py)
         if self._decoder is None:
             from .engine.decoder import Decoder
             from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype

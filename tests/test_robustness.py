@@ -191,23 +191,50 @@ def test_truncated_model_folder(tiny_llama, tmp_path):
 
 
 def test_n_process_2_gives_the_same_result(tiny_llama):
-    """n_process=2 forks: torch's OpenMP pool must not be running in the parent (it deadlocks the child), so
-    this runs as a user must run it: with OMP_NUM_THREADS=1 (README, Robustness)."""
+    """n_process=2 forks after the parent ran torch with 2 threads: without the fork guard the workers hang
+    in torch's OpenMP pool (this script did, before engine/forking.py). A subprocess, so a hang is a
+    failure with a message rather than a stuck test run."""
     import os
     import subprocess
     import sys
 
     code = f"""
-import spacy
+import spacy, torch
+torch.set_num_threads(2)
+a = torch.randn(1500, 1500)
+(a @ a).sum()  # the parent's OpenMP pool is running now
 nlp = spacy.blank("en")
 nlp.add_pipe("padellm_ner", config={{"model": {tiny_llama!r}, "labels": {LABELS!r}, "dtype": "float32",
                                     "device": "cpu", "max_new_tokens": 3}})
-texts = ["Ada met Bob .", "Paris is big .", "Acme hired Zoë .", "Nothing ."]
+texts = ["Ada met Bob .", "Paris is big .", "Acme hired Zoë .", "Nothing ."] * 2
 one = [[(l, t) for l, t, _ in d.user_data["padellm"]["mentions"]] for d in nlp.pipe(texts)]
 two = [[(l, t) for l, t, _ in d.user_data["padellm"]["mentions"]] for d in nlp.pipe(texts, n_process=2, batch_size=2)]
 assert one == two, (one, two)
 print("same")
 """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=400)
+    except subprocess.TimeoutExpired:
+        pytest.fail("nlp.pipe(n_process=2) hung for 400 s (forked workers in torch's OpenMP pool)")
     assert proc.returncode == 0 and "same" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_fork_guard_switches_a_forked_child_to_one_thread():
+    """The guard acts only in a forked child, once."""
+    import os
+
+    import torch
+
+    from spacy_padellm.engine.forking import guard_after_fork
+
+    assert guard_after_fork() is False  # not a forked child
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report (switched, threads, switched again)
+        result = f"{guard_after_fork()},{torch.get_num_threads()},{guard_after_fork()}"
+        os.write(write, result.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100).decode() == "True,1,False"
