@@ -20,9 +20,12 @@ from spacy.training import Example
 from .errors import Errors, PaDeLLMError
 from .scoring import gold_strings, predicted_strings, string_prf
 
-METHODS = ("padellm", "padellm_reference", "autoreg_struct", "autoreg_aug")
+METHODS = ("padellm", "padellm_rows", "padellm_reference", "autoreg_struct", "autoreg_aug")
+# padellm_rows: our engine before the tree passes (one row per sequence, no count guesses, no speculation)
+ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0}}
 PACKAGE = Path(__file__).resolve().parent
-ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_reference": PACKAGE / "default_adapter",
+ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_rows": PACKAGE / "default_adapter",
+            "padellm_reference": PACKAGE / "default_adapter",
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
 Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]
@@ -50,15 +53,17 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
         if not (Path(path) / "adapter_config.json").is_file():
             raise PaDeLLMError(Errors.E017.format(method=name, path=path))
         meta = read_adapter_meta(path)
-        if name in ("padellm", "padellm_reference"):
+        if name.startswith("padellm"):
             nlp = spacy.blank("en")
-            pipe = nlp.add_pipe("padellm_ner", config={"model": model, "adapter": path, "dtype": dtype})
-            if name == "padellm":
+            pipe = nlp.add_pipe("padellm_ner", config={"model": model, "adapter": path, "dtype": dtype,
+                                                       **ENGINE_CONFIGS.get(name, {})})
+            if name in ENGINE_CONFIGS:
                 def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
                     out = list(nlp.pipe([_copy(d) for d in docs], batch_size=len(docs)))
                     return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in
                                                        ("forward_passes", "prompt_tokens", "generated_tokens")})
                             for d in out]
+                run.decoder = pipe.decoder  # type: ignore[attr-defined]  # per-stage timings
             else:
                 ref = ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
                                        pipe.template_name, pipe.cfg["max_new_tokens"])
@@ -96,6 +101,11 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
     for name in names:
         result["methods"][name] = {"by_batch_size": {}}
     for bs in batch_sizes:
+        for name in names:
+            decoder = getattr(runners[name], "decoder", None)
+            if decoder is not None:
+                decoder.stage_seconds.clear()
+                decoder.stage_passes.clear()
         batches = [gold[i:i + bs] for i in range(0, len(gold), bs)]
         times: Dict[str, List[float]] = {n: [] for n in names}
         outputs: Dict[str, List[Any]] = {n: [] for n in names}
@@ -114,6 +124,11 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                      "docs_per_s": len(gold) / sum(times[name]),
                      **{f"{k}_mean": statistics.fmean(s[k] for s in stats)
                         for k in ("forward_passes", "prompt_tokens", "generated_tokens")}}
+            decoder = getattr(runners[name], "decoder", None)
+            if decoder is not None:  # where the time goes: per stage, ms per doc and passes per batch
+                entry["stages"] = {stage: {"ms_per_doc": 1000 * sec / len(gold),
+                                           "passes_per_batch": decoder.stage_passes.get(stage, 0) / len(batches)}
+                                   for stage, sec in decoder.stage_seconds.items()}
             result["methods"][name]["by_batch_size"][str(bs)] = entry
             if "f1_string" not in result["methods"][name]:
                 prf = string_prf((strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold))
@@ -164,6 +179,24 @@ def table(result: Dict[str, Any]) -> str:
     for name, by in result.get("speedup_vs", {}).items():
         lines.append(f"padellm vs {name}: " + ", ".join(f"bs {bs}: {x:.2f}x" for bs, x in by.items()))
     return "\n".join(lines)
+
+
+def stage_table(result: Dict[str, Any]) -> str:
+    """Where the time goes, per engine variant and batch size: ms per doc and passes per batch by stage."""
+    lines = [f"{'method':<14} {'bs':>3} " + " ".join(f"{s + ' ms':>18} {'passes':>6}" for s in STAGES)]
+    for name, m in result["methods"].items():
+        for bs, e in m["by_batch_size"].items():
+            if "stages" not in e:
+                continue
+            cells = []
+            for stage in STAGES:
+                st = e["stages"].get(stage, {"ms_per_doc": 0.0, "passes_per_batch": 0.0})
+                cells.append(f"{st['ms_per_doc']:18.1f} {st['passes_per_batch']:6.2f}")
+            lines.append(f"{name:<14} {bs:>3} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+STAGES = ("prompt", "count", "mention_prompt", "mention")
 
 
 def plot(result: Dict[str, Any], path: str) -> None:

@@ -90,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     import spacy
 
-    from .benchmark import benchmark, build_methods, plot, save, table
+    from .benchmark import benchmark, build_methods, plot, save, stage_table, table
     from .training.readers import read_any
 
     gold = [d for d in read_any(args.data, spacy.blank(args.lang).vocab) if d.text.strip()]
@@ -102,6 +102,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     result = benchmark(gold, runners, [int(x) for x in args.batch_sizes.split(",")],
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(table(result))
+    print(stage_table(result))
     if args.out:
         save(result, args.out)
     if args.plot:
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmark", help="PaDeLLM vs autoregressive NER, side by side in one process")
     bm.add_argument("--data", required=True)
     bm.add_argument("--limit", type=int, default=0)
-    bm.add_argument("--methods", default="padellm,padellm_reference,autoreg_struct,autoreg_aug")
+    bm.add_argument("--methods", default="padellm,padellm_rows,padellm_reference,autoreg_struct,autoreg_aug")
     bm.add_argument("--batch-sizes", default="1,32")
     bm.add_argument("--model", default="smollm2-135m")
     bm.add_argument("--adapters", default="", help="METHOD=FOLDER,... (default: the packaged adapters)")

@@ -41,7 +41,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "max_chunk_tokens": 128,  # longer docs are cut at sentence boundaries into chunks of at most this
     "batch_tokens": 4096,  # most tokens (over all chunks) decoded together: bounds memory
     "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
-    "speculate": 0,  # copy-speculative mention decoding: text tokens proposed per pass (same output, fewer passes)
+    "speculate": 4,  # copy-speculative mention decoding: text tokens proposed per pass (same output, fewer passes)
+    "tree": True,  # tree-shaped passes (text + all labels in one pass) where the model family allows; same output
+    "count_guesses": 2,  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
 }
 CFG_FILE = "cfg.json"
 
@@ -68,12 +70,13 @@ ADAPTER_DIR = "adapter"
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
                      spans_key: str, max_chunk_tokens: int, batch_tokens: int,
-                     span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int
-                     ) -> "PaDeLLMNER":
+                     span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
+                     tree: bool, count_guesses: int) -> "PaDeLLMNER":
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                       dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
-                      batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate)
+                      batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate, tree=tree,
+                      count_guesses=count_guesses)
 
 
 class PaDeLLMNER(Pipe):
@@ -84,7 +87,8 @@ class PaDeLLMNER(Pipe):
                  adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
                  batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
                  dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
-                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 0) -> None:
+                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 4,
+                 tree: bool = True, count_guesses: int = 2) -> None:
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
@@ -98,6 +102,10 @@ class PaDeLLMNER(Pipe):
                 raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a positive integer"))
         if not isinstance(speculate, int) or speculate < 0:
             raise PaDeLLMError(Errors.E010.format(key="speculate", value=speculate, why="must be an integer >= 0"))
+        if not isinstance(count_guesses, int) or not 0 <= count_guesses <= 9:
+            raise PaDeLLMError(Errors.E010.format(key="count_guesses", value=count_guesses, why="must be 0 to 9"))
+        if not isinstance(tree, bool):
+            raise PaDeLLMError(Errors.E010.format(key="tree", value=tree, why="must be true or false"))
         if dtype not in ("auto", "float32", "bfloat16"):
             raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
         if not isinstance(spans_key, str) or not spans_key:
@@ -105,7 +113,7 @@ class PaDeLLMNER(Pipe):
         self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                         dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
                                         max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens,
-                                        speculate=speculate)
+                                        speculate=speculate, tree=tree, count_guesses=count_guesses)
         self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
@@ -176,7 +184,8 @@ class PaDeLLMNER(Pipe):
             if self.adapter is not None:
                 model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
             self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"],
-                                    speculate=self.cfg.get("speculate", 0))
+                                    speculate=self.cfg.get("speculate", 0), tree=self.cfg.get("tree", True),
+                                    count_guesses=self.cfg.get("count_guesses", 0))
         return self._decoder
 
     def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,

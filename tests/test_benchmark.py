@@ -12,7 +12,7 @@ CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
 
 
 def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_adapter):
-    adapters = {"padellm": tiny_adapter, "padellm_reference": tiny_adapter}
+    adapters = {"padellm": tiny_adapter, "padellm_rows": tiny_adapter, "padellm_reference": tiny_adapter}
     for fmt in ("autoreg_struct", "autoreg_aug"):
         folder = make_adapter(tiny_llama, tmp_path / fmt, LABELS)
         meta = json.loads((tmp_path / fmt / "padellm.json").read_text())
@@ -28,18 +28,23 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["n_docs"] == 3 and "cores" in result["device"]
-    assert set(result["methods"]) == {"padellm", "padellm_reference", "autoreg_struct", "autoreg_aug"}
+    assert set(result["methods"]) == {"padellm", "padellm_rows", "padellm_reference", "autoreg_struct", "autoreg_aug"}
     for m in result["methods"].values():
         assert 0.0 <= m["f1_string"] <= 1.0 and 0.0 <= m["f1_span"] <= 1.0
         for bs in ("1", "2"):
             e = m["by_batch_size"][bs]
             assert e["latency_ms_p50"] > 0 and e["latency_ms_p90"] >= e["latency_ms_p50"] and e["docs_per_s"] > 0
             assert e["forward_passes_mean"] >= 1 and e["prompt_tokens_mean"] > 0 and e["generated_tokens_mean"] > 0
-    assert set(result["speedup_vs"]) == {"padellm_reference", "autoreg_struct", "autoreg_aug"}
+    assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_reference", "autoreg_struct", "autoreg_aug"}
     assert all(set(v) == {"1", "2"} for v in result["speedup_vs"].values())
     # the engine and the reference procedure decode the same mentions with the same adapter
     p, r = result["methods"]["padellm"], result["methods"]["padellm_reference"]
     assert abs(p["f1_string"] - r["f1_string"]) < 1e-9
+    assert abs(p["f1_string"] - result["methods"]["padellm_rows"]["f1_string"]) < 1e-9
+    # per-stage breakdown for both engine variants: the tree path spends its first pass on "prompt" only
+    stages = p["by_batch_size"]["1"]["stages"]
+    assert stages["prompt"]["passes_per_batch"] == 1.0 and stages["prompt"]["ms_per_doc"] > 0
+    assert result["methods"]["padellm_rows"]["by_batch_size"]["1"]["stages"]["prompt"]["passes_per_batch"] == 2.0
     assert png.stat().st_size > 1000
     assert "padellm vs autoreg_struct" in proc.stdout
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_padellm.engine.decoder import Decoder
-from spacy_padellm.engine.kv import extend, full_sequence_logits
+from spacy_padellm.engine.kv import Trie, extend, extend_tree, full_sequence_logits
 from spacy_padellm.prompts import get_template
 
 from conftest import LABELS, SENTENCES
@@ -55,6 +55,8 @@ def greedy_reference(model, dec: Decoder, text: str, label: str, max_count: int)
             break
         digits += dec.digit_ids[tok]
         ids = ids + [tok]
+        if digits == "0":  # a count is a canonical number: a leading 0 ends it
+            break
     count = min(int(digits) if digits else 0, max_count)
     mentions = []
     for k in range(1, count + 1):
@@ -77,9 +79,11 @@ def as_tuples(pred):
     return pred.counts, [(m.label, m.k, m.text, round(m.logprob, 3)) for m in pred.mentions]
 
 
-def test_decoder_equals_plain_greedy_without_cache(tiny_llama):
+@pytest.mark.parametrize("tree", [True, False])
+def test_decoder_equals_plain_greedy_without_cache(tiny_llama, tree):
     model, tok = load(tiny_llama)
-    dec = Decoder(model, tok, get_template("en"), max_new_tokens=4)
+    dec = Decoder(model, tok, get_template("en"), max_new_tokens=4, tree=tree)
+    assert dec.tree is tree
     texts, caps = TEXTS[:3], [3, 2, 4]
     preds = dec.predict(texts, LABELS, caps)
     assert sum(len(p.mentions) for p in preds) > 0, "the test model must produce mentions to compare"
@@ -112,5 +116,71 @@ def test_stats_count_passes_and_tokens(tiny_llama):
     # generated: every sampled token (count digits + terminators, mention tokens + EOS)
     assert pred.stats["generated_tokens"] >= n_mentions + len(LABELS)
     assert pred.stats["prompt_tokens"] >= len(dec.encode(get_template("en").prompt(TEXTS[0], "PER")))
-    # prefill + label suffixes (+ count steps) + mention prefill + mention steps
-    assert 2 <= pred.stats["forward_passes"] <= 2 + 3 + 1 + 3
+    # tree pass (+ count steps) + mention prefill + mention steps
+    assert 1 <= pred.stats["forward_passes"] <= 1 + 3 + 1 + 3
+
+
+def test_trie_merges_shared_prefixes():
+    trie = Trie.of([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]])
+    assert trie.tokens == [1, 2, 3, 4, 5]
+    assert trie.parents == [-1, 0, 1, 1, 0]
+    assert trie.ends == [2, 3, 4, 2]
+    assert trie.path(3) == [0, 1, 3] and trie.depths() == [0, 1, 2, 2, 1]
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_qwen2"])
+def test_tree_pass_logits_equal_separate_sequences(family, request):
+    """Text + every label prompt as one tree-masked row per doc, then branches cut out of it and fed on:
+    the same logits as each whole sequence run alone."""
+    model, tok = load(request.getfixturevalue(family))
+    t = get_template("en")
+    dec = Decoder(model, tok, t)
+    prompts = [[dec.encode(t.prompt(x, lab)) for lab in LABELS] for x in TEXTS[:3]]
+    tries = [Trie.of(p) for p in prompts]
+    logits, tree = extend_tree(model, None, tries, dec.pad_id, [tr.ends for tr in tries])
+    ref = full_sequence_logits(model, [q for p in prompts for q in p])
+    torch.testing.assert_close(torch.cat(logits), ref, atol=5e-5, rtol=1e-4)
+    rows = [(d, j) for d in range(3) for j in range(len(LABELS))]
+    state = tree.branch([d for d, _ in rows], [0] * len(rows), [tries[d].path(tries[d].ends[j]) for d, j in rows])
+    more = [[33, tok.eos_token_id] for _ in rows]
+    logits2, _ = extend(model, state, more, dec.pad_id)
+    ref2 = full_sequence_logits(model, [prompts[d][j] + [33, tok.eos_token_id] for d, j in rows])
+    torch.testing.assert_close(logits2, ref2, atol=5e-5, rtol=1e-4)
+    # a second tree pass on label rows cut back inside their prompts
+    keeps = [len(prompts[d][j]) - 2 for d, j in rows]
+    tries2 = [Trie.of([prompts[d][j][-2:] + [7], prompts[d][j][-2:] + [8, 9]]) for d, j in rows]
+    logits3, _ = extend_tree(model, state.select(list(range(len(rows))), keeps), tries2, dec.pad_id,
+                             [tr.ends for tr in tries2])
+    ref3 = full_sequence_logits(model, [prompts[d][j] + tail for d, j in rows for tail in ([7], [8, 9])])
+    torch.testing.assert_close(torch.cat(logits3), ref3, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_tree_path_equals_row_path(family, seed, tokenizer, tmp_path):
+    """Random models babble counts of one to three digits: the tree path's guesses, verification and
+    fallbacks must give the row path's counts, mentions and scores. In float64: a random model's logits
+    are near-ties everywhere, and float32 rounding (4D vs 2D masks) would flip some argmaxes."""
+    from conftest import build_tiny
+
+    model, tok = load(build_tiny(family, tokenizer, tmp_path / "m", seed=seed))
+    model = model.double()
+    texts = TEXTS + ["Paris .", "Nothing here at all ."]
+    caps = [6] * len(texts)
+    rows = Decoder(model, tok, get_template("en"), max_new_tokens=5, tree=False).predict(texts, LABELS, caps)
+    for guesses, speculate in ((0, 0), (2, 0), (2, 4)):
+        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, count_guesses=guesses, speculate=speculate)
+        assert dec.tree
+        got = dec.predict(texts, LABELS, caps)
+        for a, b in zip(rows, got):
+            assert (a.counts, a.raw_counts) == (b.counts, b.raw_counts)
+            assert [(m.label, m.k, m.text, m.finished) for m in a.mentions] == \
+                [(m.label, m.k, m.text, m.finished) for m in b.mentions]
+            for x, y in zip(a.mentions, b.mentions):
+                assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
+            assert b.stats["generated_tokens"] == a.stats["generated_tokens"]
+
+
+def test_gpt2_takes_the_row_path(tiny_gpt2):
+    model, tok = load(tiny_gpt2)
+    assert Decoder(model, tok, get_template("en")).tree is False

@@ -61,8 +61,10 @@ def test_overfit_two_documents_save_reload_same_entities(overfit, wide_tiny):
         assert [[e.start_char, e.end_char, e.label_] for e in doc.ents] == record["entities"]
 
 
-def test_copy_speculative_decoding_equals_plain_greedy(overfit, wide_tiny):
-    """A model that copies mentions from the text: speculation must give greedy's output, in fewer passes."""
+@pytest.mark.parametrize("tree,guesses,speculate", [(False, 0, 8), (True, 0, 0), (True, 2, 0), (True, 2, 4)])
+def test_fast_paths_equal_plain_greedy(overfit, wide_tiny, tree, guesses, speculate):
+    """A model that copies mentions from the text and writes counts of 1 and 2: tree passes, count guesses
+    and copy-speculation must each give plain (row path, no speculation) greedy output, in fewer passes."""
     import random
 
     from spacy_padellm.engine.decoder import Decoder
@@ -79,10 +81,12 @@ def test_copy_speculative_decoding_equals_plain_greedy(overfit, wide_tiny):
         picked = rng.sample(names, 3)
         texts.append(f"{picked[0]} met {picked[1]} in {picked[2]} .")
     labels = ["LOC", "ORG", "PER"]
-    plain = Decoder(model, tok, get_template("en"), max_new_tokens=8).predict(texts, labels, [12] * len(texts))
-    fast = Decoder(model, tok, get_template("en"), max_new_tokens=8, speculate=8).predict(texts, labels,
+    plain = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=False).predict(texts, labels,
                                                                                           [12] * len(texts))
+    fast = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=tree, count_guesses=guesses,
+                   speculate=speculate).predict(texts, labels, [12] * len(texts))
     assert sum(len(p.mentions) for p in plain) > 30
+    assert {c for p in plain for c in p.counts.values()} >= {0, 1, 2}
     for a, b in zip(plain, fast):
         assert a.counts == b.counts
         assert [(m.label, m.k, m.text) for m in a.mentions] == [(m.label, m.k, m.text) for m in b.mentions]

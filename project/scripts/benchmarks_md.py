@@ -4,7 +4,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from spacy_padellm.benchmark import table
+from spacy_padellm.benchmark import stage_table, table
 
 result = json.loads(Path(sys.argv[1]).read_text())
 out = Path(sys.argv[2])
@@ -15,6 +15,13 @@ lines = [
     "i.e. `python -m spacy_padellm benchmark --data project/corpus/dev.spacy --batch-sizes 1,32 ...`).", "",
     "```", table(result), "```", "",
     "Speedup: the baseline's p50 latency over padellm's at batch size 1, padellm's docs/s over the baseline's above.",
-    "", "![benchmark](benchmarks/benchmark.png)", ""]
+    "`padellm_rows` is our engine before the tree passes (one row per sequence, counts digit by digit, no",
+    "speculation): the before/after of the per-stage breakdown below.", "",
+    "## Where the time goes", "",
+    "Per engine variant and batch size: wall ms per document and sequential forward passes per batch, by stage",
+    "(prompt = text + label prompts, count = count digits, mention_prompt = the mention prompts' prefill,",
+    "mention = greedy mention tokens).", "",
+    "```", stage_table(result), "```", "",
+    "![benchmark](benchmarks/benchmark.png)", ""]
 out.write_text("\n".join(lines), encoding="utf8")
 print(f"-> {out}")

@@ -1,19 +1,31 @@
 """Batched count-then-mention decoding with the document prefix encoded once.
 
-    docs ─prefill─▶ doc rows ─select×labels + label suffix─▶ label rows ─greedy digits─▶ counts
-    label rows (prompt only) ─select×mentions + "{count}\\n<mention k>"─▶ mention rows ─greedy─▶ strings
+Tree path (models whose attention takes a 4D mask, see kv.TREE_MODEL_TYPES), the fewest sequential passes:
 
-Every stage is one batched forward pass over all rows of all docs; finished rows leave the batch.
+    pass 1  one row per doc: the trie of all its label prompts (text once, labels as branches)
+            -> each label's first count digit
+    pass 2  one row per label: the trie of [digit] and every "{count}\\n<mention k>" for k = 1..digit
+            -> verifies the count ended after one digit, and gives each mention's first token
+    pass 3+ one row per mention, greedy (optionally copy-speculative) until EOS
+
+A count that goes on past one digit (rare: 10+ mentions in a sentence) falls back to the row path for its
+label only. Row path (every model): prefill doc prefixes, branch them into label rows, decode counts
+digit by digit, then prefill each mention prompt from its label row and decode greedily.
+
+Both paths give the same tokens as plain greedy decoding of each sequence on its own; a count is a
+canonical number, so a leading "0" ends it. Finished rows leave the batch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+import time
+
 import torch
 
 from ..prompts import Template, common_prefix_len, encode, special_prefix
-from .kv import KVState, extend
+from .kv import KVState, Trie, extend, extend_tree, supports_tree
 
 MAX_COUNT_DIGITS = 3  # a count never exceeds the tokens of a sentence; 3 digits bound a babbling model
 MAX_ROWS_PER_PASS = 512  # mention rows decoded together; bounds memory when a model babbles high counts
@@ -48,9 +60,13 @@ class Decoder:
     """Greedy PaDeLLM decoding for one loaded model/tokenizer/template."""
 
     def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
-                 speculate: int = 0) -> None:
+                 speculate: int = 0, tree: bool = True, count_guesses: int = 2) -> None:
         self.model = model
         self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
+        self.tree = tree and supports_tree(model)  # tree-shaped passes where the model family allows
+        self.count_guesses = count_guesses  # counts 1..N whose mention prompts ride along in pass 1
+        self.stage_seconds: Dict[str, float] = {}  # wall time per stage, summed over calls (benchmarks)
+        self.stage_passes: Dict[str, int] = {}
         self._space_variant: Dict[int, Optional[int]] = {}
         self.tokenizer = tokenizer
         self.template = template
@@ -60,6 +76,8 @@ class Decoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
         self.digit_ids, self.count_allowed = self._count_vocabulary()
+        self.zero_id = next((i for i, p in self.digit_ids.items() if p == "0"), None)
+        self.digit_token = {p: i for i, p in sorted(self.digit_ids.items(), reverse=True) if len(p) == 1}
 
     def _count_vocabulary(self) -> Tuple[Dict[int, str], torch.Tensor]:
         """Digit tokens, and the tokens a count may consist of: digits, EOS (after "0") and the token that
@@ -86,12 +104,16 @@ class Decoder:
         if not texts:
             return []
         prompts = [[self.encode(self.template.prompt(t, lab)) for lab in labels] for t in texts]
-        counts, raw, label_state, label_rows = self.count_step(prompts, stats)
-        requests = []  # (doc, label index, count, k)
-        for row, (d, j) in enumerate(label_rows):
-            c = min(counts[row], max_counts[d])
-            requests.extend((d, j, c, k) for k in range(1, c + 1))
-        mentions = self.mention_step(texts, labels, prompts, label_state, requests, stats)
+        if self.tree:
+            counts, raw, mentions = self.tree_step(texts, labels, prompts, max_counts, stats)
+            label_rows = [(d, j) for d in range(len(texts)) for j in range(len(labels))]
+        else:
+            counts, raw, label_state, label_rows = self.count_step(prompts, stats)
+            requests = []  # (doc, label index, count, k)
+            for row, (d, j) in enumerate(label_rows):
+                c = min(counts[row], max_counts[d])
+                requests.extend((d, j, c, k) for k in range(1, c + 1))
+            mentions = self.mention_step(texts, labels, prompts, label_state, requests, stats)
         out = []
         for d in range(len(texts)):
             rows = [r for r, (dd, _) in enumerate(label_rows) if dd == d]
@@ -119,15 +141,20 @@ class Decoder:
             prefix_lens.append(n)
         docs = list(range(len(prompts)))
         _, doc_state = self._forward(None, [prompts[d][0][: prefix_lens[d]] for d in docs], docs, stats,
-                                     prompt=True)
+                                     prompt=True, stage="prompt")
         label_rows = [(d, j) for d in docs for j in range(n_labels)]
         row_docs = [d for d, _ in label_rows]
         suffixes = [prompts[d][j][prefix_lens[d]:] for d, j in label_rows]
-        logits, prompt_state = self._forward(doc_state.select(row_docs), suffixes, row_docs, stats, prompt=True)
+        logits, prompt_state = self._forward(doc_state.select(row_docs), suffixes, row_docs, stats, prompt=True,
+                                             stage="prompt")
+        counts, raw = self._count_loop(logits, prompt_state, list(range(len(label_rows))), [[] for _ in label_rows],
+                                       row_docs, stats)
+        return counts, raw, prompt_state, label_rows
 
-        digits: List[List[int]] = [[] for _ in label_rows]
-        active = list(range(len(label_rows)))
-        state = prompt_state
+    def _count_loop(self, logits: torch.Tensor, state: KVState, active: List[int], digits: List[List[int]],
+                    row_docs: List[int], stats: List[DocStats]) -> Tuple[List[int], List[str]]:
+        """Greedy count digits of rows `active` (whose next-token logits are `logits`), appended to
+        `digits`; a count ends at a non-digit, at MAX_COUNT_DIGITS, or after a leading "0"."""
         while active:
             masked = logits.masked_fill(~self.count_allowed[: logits.shape[1]], float("-inf"))
             tokens = masked.argmax(dim=-1).tolist()
@@ -136,17 +163,174 @@ class Decoder:
                 stats[row_docs[row]].generated_tokens += 1
                 if tok in self.digit_ids:
                     digits[row].append(tok)
-                    if len(digits[row]) < MAX_COUNT_DIGITS:
+                    if len(digits[row]) < MAX_COUNT_DIGITS and digits[row][0] != self.zero_id:
                         keep.append(pos)
                         fed.append(tok)
             if not keep:
                 break
             active = [active[p] for p in keep]
             logits, state = self._forward(state.select(keep), [[t] for t in fed], [row_docs[r] for r in active],
-                                          stats, prompt=False)
+                                          stats, prompt=False, stage="count")
         raw = ["".join(self.digit_ids[t] for t in ds) for ds in digits]
-        counts = [int(s) if s else 0 for s in raw]
-        return counts, raw, prompt_state, label_rows
+        return [int(s) if s else 0 for s in raw], raw
+
+    def tree_step(self, texts: Sequence[str], labels: Sequence[str], prompts: List[List[List[int]]],
+                  max_counts: Sequence[int], stats: List[DocStats]
+                  ) -> Tuple[List[int], List[str], List[List[MentionPrediction]]]:
+        """Counts (and raw count strings) per (doc, label) row, doc-major, and mentions per doc, through
+        the tree passes of the module docstring."""
+        n_labels = len(labels)
+        docs = list(range(len(texts)))
+        label_rows = [(d, j) for d in docs for j in range(n_labels)]
+        row_docs = [d for d, _ in label_rows]
+        # pass 1: per doc, the trie of every label prompt, and of the mention prompts of guessed counts
+        doc_tries, layouts = [], []
+        for d in docs:
+            seqs: List[List[int]] = []
+            layout: Dict[Tuple[int, ...], int] = {}
+            for j in range(n_labels):
+                layout[(j,)] = len(seqs)
+                seqs.append(prompts[d][j])
+                for c in range(1, min(self.count_guesses, max_counts[d], 9) + 1):
+                    layout[(j, c)] = len(seqs)
+                    seqs.append(prompts[d][j] + [self.digit_token[str(c)]])
+                    for k in range(1, c + 1):
+                        layout[(j, c, k)] = len(seqs)
+                        seqs.append(self.encode(self.template.mention_prompt(texts[d], labels[j], c, k)))
+            doc_tries.append(Trie.of(seqs))
+            layouts.append(layout)
+        logits, doc_tree = self._tree_forward(None, doc_tries, [t.ends for t in doc_tries], docs, stats, "prompt")
+        first = self._count_token(torch.stack([logits[d][layouts[d][(j,)]] for d, j in label_rows]))
+        digits: List[List[int]] = [[] for _ in label_rows]
+        ready = _Ready()
+        open_rows, verified = [], []
+        for r, tok in enumerate(first):
+            d, j = label_rows[r]
+            stats[d].generated_tokens += 1
+            if tok not in self.digit_ids:
+                continue
+            digits[r].append(tok)
+            if tok == self.zero_id or MAX_COUNT_DIGITS == 1:
+                continue
+            guessed = (j, int(self.digit_ids[tok])) in layouts[d] and self.digit_token.get(self.digit_ids[tok]) == tok
+            (verified if guessed else open_rows).append(r)
+        # rows whose count was guessed: their count's end and mentions' first tokens are already known
+        if verified:
+            ends = self._count_token(torch.stack([logits[row_docs[r]][layouts[row_docs[r]][self._guess(r, label_rows, digits)]]
+                                                  for r in verified]))
+            going_on, going_paths = [], []
+            picks = []
+            for r, tok in zip(verified, ends):
+                d, j = label_rows[r]
+                stats[d].generated_tokens += 1
+                key = self._guess(r, label_rows, digits)
+                trie, layout = doc_tries[d], layouts[d]
+                if tok in self.digit_ids:
+                    digits[r].append(tok)
+                    going_on.append(r)
+                    going_paths.append(trie.path(trie.ends[layout[key]]))
+                    continue
+                for k in range(1, key[1] + 1):
+                    picks.append((d, trie.path(trie.ends[layout[key + (k,)]])))
+                    ready.add(d, j, k, logits[d][layout[key + (k,)]], prompts[d][j])
+            if picks:
+                ready.states.append(doc_tree.branch([p[0] for p in picks], [0] * len(picks), [p[1] for p in picks]))
+            if going_on:
+                state = doc_tree.branch([row_docs[r] for r in going_on], [0] * len(going_on), going_paths)
+                self._continue_count(state, going_on, digits, row_docs, stats)
+        fallback = [r for r in verified if len(digits[r]) > 1]
+        label_state = None
+        if open_rows or fallback:
+            label_state = doc_tree.branch(row_docs, [0] * len(label_rows),
+                                          [doc_tries[d].path(doc_tries[d].ends[layouts[d][(j,)]]) for d, j in label_rows])
+        for group in self._groups(open_rows, digits, row_docs, max_counts):
+            fallback += self._mention_tree(group, texts, labels, prompts, label_rows, label_state, digits,
+                                           max_counts, stats, ready)
+        mentions: List[List[MentionPrediction]] = [[] for _ in texts]
+        ready.decode(self, labels, stats, mentions)
+        raw = ["".join(self.digit_ids[t] for t in ds) for ds in digits]
+        counts = [int(x) if x else 0 for x in raw]
+        requests = [(label_rows[r][0], label_rows[r][1], c, k) for r in fallback
+                    for c in [min(counts[r], max_counts[label_rows[r][0]])] for k in range(1, c + 1)]
+        if requests:
+            for d, preds in enumerate(self.mention_step(texts, labels, prompts, label_state, requests, stats)):
+                mentions[d].extend(preds)
+        for preds in mentions:
+            preds.sort(key=lambda m: (labels.index(m.label), m.k))
+        return counts, raw, mentions
+
+    def _guess(self, r: int, label_rows: List[Tuple[int, int]], digits: List[List[int]]) -> Tuple[int, int]:
+        return (label_rows[r][1], int(self.digit_ids[digits[r][0]]))
+
+    def _count_token(self, logits: torch.Tensor) -> List[int]:
+        masked = logits.masked_fill(~self.count_allowed[: logits.shape[1]], float("-inf"))
+        return masked.argmax(dim=-1).tolist()
+
+    def _continue_count(self, state: KVState, rows: List[int], digits: List[List[int]], row_docs: List[int],
+                        stats: List[DocStats]) -> None:
+        """Rows whose state ends in their first count digit and whose second digit is decided: feed it and
+        go on digit by digit (counts of 10+; mentions then take the row path)."""
+        if MAX_COUNT_DIGITS <= 2:
+            return
+        logits, state = self._forward(state, [[digits[r][-1]] for r in rows], [row_docs[r] for r in rows], stats,
+                                      prompt=False, stage="count")
+        self._count_loop(logits, state, rows, digits, row_docs, stats)
+
+    def _groups(self, rows: List[int], digits: List[List[int]], row_docs: List[int], max_counts: Sequence[int]
+                ) -> List[List[int]]:
+        """Rows in groups of at most MAX_ROWS_PER_PASS speculated mentions (memory bound for babble)."""
+        groups: List[List[int]] = []
+        size = 0
+        for r in rows:
+            n = min(int(self.digit_ids[digits[r][0]]), max_counts[row_docs[r]])
+            if not groups or size + n > MAX_ROWS_PER_PASS:
+                groups.append([])
+                size = 0
+            groups[-1].append(r)
+            size += n
+        return groups
+
+    def _mention_tree(self, group: List[int], texts: Sequence[str], labels: Sequence[str],
+                      prompts: List[List[List[int]]], label_rows: List[Tuple[int, int]], label_state: KVState,
+                      digits: List[List[int]], max_counts: Sequence[int], stats: List[DocStats],
+                      ready: "_Ready") -> List[int]:
+        """Pass 2 for label rows `group` (one-digit counts so far): one trie per row holding the count digit
+        (to verify the count ends there) and every mention prompt. Confirmed rows' mentions join `ready`;
+        rows whose count goes on are continued digit by digit and returned (their mentions take the row
+        path)."""
+        tries, bases, counts = [], [], []
+        for r in group:
+            d, j = label_rows[r]
+            c = min(int(self.digit_ids[digits[r][0]]), max_counts[d])
+            seqs = [prompts[d][j] + [digits[r][0]]]
+            seqs += [self.encode(self.template.mention_prompt(texts[d], labels[j], c, k)) for k in range(1, c + 1)]
+            base = min(min(common_prefix_len(q, prompts[d][j]) for q in seqs), min(len(q) for q in seqs) - 1)
+            tries.append(Trie.of([q[base:] for q in seqs]))
+            bases.append(base)
+            counts.append(c)
+        group_docs = [label_rows[r][0] for r in group]
+        logits, tree = self._tree_forward(label_state.select(group, bases), tries, [t.ends for t in tries],
+                                          group_docs, stats, "mention_prompt")
+        ends = self._count_token(torch.stack([lg[0] for lg in logits]))
+        picks, going_on = [], []
+        for i, (r, tok) in enumerate(zip(group, ends)):
+            stats[group_docs[i]].generated_tokens += 1
+            if tok in self.digit_ids:
+                digits[r].append(tok)
+                going_on.append(i)
+                continue
+            d, j = label_rows[r]
+            for k in range(1, counts[i] + 1):
+                picks.append((i, bases[i], tries[i].path(tries[i].ends[k])))
+                ready.add(d, j, k, logits[i][k], prompts[d][j])
+        if picks:
+            ready.states.append(tree.branch([p[0] for p in picks], [p[1] for p in picks], [p[2] for p in picks]))
+        if not going_on:
+            return []
+        rows = [group[i] for i in going_on]
+        state = tree.branch(going_on, [bases[i] for i in going_on], [tries[i].path(tries[i].ends[0]) for i in going_on])
+        self._continue_count(state, rows, digits, [d for d, _ in label_rows], stats)
+        return rows
 
     def mention_step(self, texts: Sequence[str], labels: Sequence[str], prompts: List[List[List[int]]],
                      label_state: KVState, requests: List[Tuple[int, int, int, int]], stats: List[DocStats]
@@ -183,13 +367,18 @@ class Decoder:
         next tokens; one pass then verifies them all, and the tokens greedy decoding agrees with are kept
         (the rest are masked out of the cache). The output is greedy decoding's; only passes are saved.
         """
-        n = len(suffixes)
+        if not suffixes:
+            return []
+        logits, state = self._forward(state, suffixes, row_docs, stats, prompt=True, stage="mention_prompt")
+        return self.continue_greedy(state, logits, row_docs, stats, sources)
+
+    def continue_greedy(self, state: KVState, logits: torch.Tensor, row_docs: List[int], stats: List[DocStats],
+                        sources: Optional[List[Sequence[int]]] = None) -> List[Tuple[List[int], float, bool]]:
+        """`greedy` from rows whose prompts are in `state` and whose next-token logits are `logits`."""
+        n = logits.shape[0]
         ids: List[List[int]] = [[] for _ in range(n)]
         logprob = [0.0] * n
         done = [False] * n
-        if n == 0:
-            return []
-        logits, state = self._forward(state, suffixes, row_docs, stats, prompt=True)
         pending = logits[:, None, :]  # [rows, positions, vocab]: next-token logits after each fed token
         proposals: List[List[int]] = [[] for _ in range(n)]  # what each active row fed beyond its token
         active = list(range(n))
@@ -227,7 +416,7 @@ class Decoder:
             active = [active[p] for p in keep]
             width = max(len(seg) for seg in segments)
             pending, state = self._forward(state.select(keep, real), segments, [row_docs[r] for r in active],
-                                           stats, prompt=False, n_logits=width)
+                                           stats, prompt=False, n_logits=width, stage="mention")
             if width == 1:
                 pending = pending[:, None, :]
         return [(ids[r], logprob[r], done[r]) for r in range(n)]
@@ -257,10 +446,62 @@ class Decoder:
         return self._space_variant[token]
 
     def _forward(self, state: Optional[KVState], segments: List[List[int]], row_docs: List[int],
-                 stats: List[DocStats], prompt: bool, n_logits: int = 1) -> Tuple[torch.Tensor, KVState]:
-        for d in set(row_docs):
-            stats[d].forward_passes += 1
+                 stats: List[DocStats], prompt: bool, n_logits: int = 1, stage: str = "mention"
+                 ) -> Tuple[torch.Tensor, KVState]:
+        self._count_pass(row_docs, stats, stage)
         if prompt:
             for d, seg in zip(row_docs, segments):
                 stats[d].prompt_tokens += len(seg)
-        return extend(self.model, state, segments, self.pad_id, n_logits)
+        start = time.perf_counter()
+        try:
+            return extend(self.model, state, segments, self.pad_id, n_logits)
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+    def _count_pass(self, row_docs: Sequence[int], stats: List[DocStats], stage: str) -> None:
+        for d in set(row_docs):
+            stats[d].forward_passes += 1
+        self.stage_passes[stage] = self.stage_passes.get(stage, 0) + 1
+
+    def _tree_forward(self, state: Optional[KVState], tries: List[Trie], want: List[List[int]],
+                      row_docs: List[int], stats: List[DocStats], stage: str) -> Tuple[List[torch.Tensor], Any]:
+        self._count_pass(row_docs, stats, stage)
+        for d, trie in zip(row_docs, tries):
+            stats[d].prompt_tokens += len(trie.tokens)
+        start = time.perf_counter()
+        try:
+            return extend_tree(self.model, state, tries, self.pad_id, want)
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+class _Ready:
+    """Mention rows whose prompt is cached and whose first-token logits are known, gathered from the tree
+    passes and decoded together (so a doc's mentions from pass 1 and pass 2 share their greedy passes)."""
+
+    def __init__(self) -> None:
+        self.states: List[KVState] = []
+        self.logits: List[torch.Tensor] = []
+        self.keys: List[Tuple[int, int, int]] = []  # (doc, label index, k)
+        self.sources: List[Sequence[int]] = []
+
+    def add(self, doc: int, label: int, k: int, logits: torch.Tensor, source: Sequence[int]) -> None:
+        self.keys.append((doc, label, k))
+        self.logits.append(logits)
+        self.sources.append(source)
+
+    def decode(self, decoder: Decoder, labels: Sequence[str], stats: List[DocStats],
+               out: List[List[MentionPrediction]]) -> None:
+        if not self.keys:
+            return
+        state = KVState.cat(self.states)
+        logits = torch.stack(self.logits)
+        for start in range(0, len(self.keys), MAX_ROWS_PER_PASS):
+            rows = list(range(start, min(start + MAX_ROWS_PER_PASS, len(self.keys))))
+            part = state if len(rows) == len(self.keys) else state.select(rows)
+            keys = [self.keys[r] for r in rows]
+            decoded = decoder.continue_greedy(part, logits[rows], [k[0] for k in keys], stats,
+                                              [self.sources[r] for r in rows])
+            for (d, j, k), (ids, logprob, done) in zip(keys, decoded):
+                text = decoder.tokenizer.decode(ids, skip_special_tokens=False)
+                out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))

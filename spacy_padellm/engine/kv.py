@@ -49,6 +49,28 @@ class KVState:
             layers.append((key, value))
         return KVState(tuple(layers), mask)
 
+    @staticmethod
+    def cat(states: Sequence["KVState"]) -> "KVState":
+        """Rows of several states in one, each left-padded to the widest."""
+        if len(states) == 1:
+            return states[0]
+        width = max(s.mask.shape[1] for s in states)
+
+        def pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        mask = torch.cat([pad(s.mask, width - s.mask.shape[1], 1) for s in states], dim=0)
+        layers = []
+        for i in range(len(states[0].layers)):
+            keys = [pad(s.layers[i][0], width - s.mask.shape[1], 2) for s in states]
+            values = [pad(s.layers[i][1], width - s.mask.shape[1], 2) for s in states]
+            layers.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
+        return KVState(tuple(layers), mask)
+
 
 def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -101,3 +123,153 @@ def full_sequence_logits(model: Any, sequences: List[List[int]]) -> torch.Tensor
             ids = torch.as_tensor([seq], dtype=torch.long, device=model.device)
             out.append(model(input_ids=ids).logits[0, -1, :].float())
     return torch.stack(out)
+
+
+# ---- tree-shaped passes --------------------------------------------------------------------------
+# Model families whose attention takes a prepared 4D mask as-is (transformers' masking_utils) and whose
+# output layer is a plain linear map of the last hidden state; others use the row-per-sequence path.
+TREE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def supports_tree(model: Any) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) in TREE_MODEL_TYPES
+
+
+@dataclass(frozen=True)
+class Trie:
+    """Token sequences merged on shared prefixes: node i holds tokens[i] and follows parents[i] (-1: the
+    row's cached tokens); ends[s] is the node holding sequence s's last token."""
+    tokens: List[int]
+    parents: List[int]
+    ends: List[int]
+
+    @staticmethod
+    def of(sequences: Sequence[Sequence[int]]) -> "Trie":
+        tokens: List[int] = []
+        parents: List[int] = []
+        children: dict = {}
+        ends = []
+        for seq in sequences:
+            if len(seq) == 0:
+                raise ValueError("every sequence in a trie needs at least one token")
+            node = -1
+            for tok in seq:
+                key = (node, tok)
+                if key not in children:
+                    children[key] = len(tokens)
+                    tokens.append(tok)
+                    parents.append(node)
+                node = children[key]
+            ends.append(node)
+        return Trie(tokens, parents, ends)
+
+    def path(self, node: int) -> List[int]:
+        """Nodes from the root to `node`, in order."""
+        out = []
+        while node >= 0:
+            out.append(node)
+            node = self.parents[node]
+        return out[::-1]
+
+    def depths(self) -> List[int]:
+        depth: List[int] = []
+        for parent in self.parents:  # parents come before children
+            depth.append(0 if parent < 0 else depth[parent] + 1)
+        return depth
+
+
+@dataclass(frozen=True)
+class TreeState:
+    """The cache after a tree pass: row i's node n sits in column `offsets[i] + n` of `state`, after
+    `cached` columns of what the rows held before. The 2D mask marks every node of every branch, so rows
+    are taken out of it with `branch`, never used directly."""
+    state: KVState
+    offsets: List[int]
+    cached: int
+
+    def branch(self, rows: Sequence[int], keeps: Sequence[int], paths: Sequence[Sequence[int]]) -> KVState:
+        """One new row per (row, keep, path): the row's first `keep` cached tokens, then the path's nodes.
+
+        The result is left-padded; positions continue correctly because the nodes on a path have
+        consecutive depths right after the cached tokens.
+        """
+        mask = self.state.mask
+        cached_cols = mask[:, : self.cached].bool().cpu()
+        cols = []
+        for r, keep, path in zip(rows, keeps, paths):
+            real = cached_cols[r].nonzero().squeeze(1).tolist()[:keep]
+            cols.append(real + [self.offsets[r] + n for n in path])
+        width = max(len(c) for c in cols)
+        index = torch.zeros((len(cols), width), dtype=torch.long)
+        new_mask = torch.zeros((len(cols), width), dtype=mask.dtype)
+        for i, c in enumerate(cols):
+            index[i, width - len(c):] = torch.as_tensor(c, dtype=torch.long)
+            new_mask[i, width - len(c):] = 1
+        device = mask.device
+        index, new_mask = index.to(device), new_mask.to(device)
+        row_index = torch.as_tensor(list(rows), dtype=torch.long, device=device)
+        layers = []
+        for key, value in self.state.layers:  # [rows, heads, cols, dim]: pick rows, then per-row columns
+            k, v = key.index_select(0, row_index), value.index_select(0, row_index)
+            gather = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            layers.append((k.gather(2, gather), v.gather(2, gather)))
+        return KVState(tuple(layers), new_mask)
+
+
+@torch.inference_mode()
+def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad_id: int,
+                want: Sequence[Sequence[int]]) -> Tuple[List[torch.Tensor], TreeState]:
+    """Feed one trie per row in ONE forward pass: every node attends to its row's cached tokens, its
+    ancestors and itself, at position (cached tokens + depth). Returns per row the float32 next-token
+    logits [len(want[i]), vocab] after each wanted node, and the cache.
+
+    The output layer runs only on the wanted nodes, so a pass over many branches costs no more vocabulary
+    projections than it has branch ends.
+    """
+    device = model.device if state is None else state.mask.device
+    rows = len(tries)
+    width = max(len(t.tokens) for t in tries)
+    cached = state.mask.shape[1] if state is not None else 0
+    past_len = state.lengths().tolist() if state is not None else [0] * rows
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.zeros((rows, width, cached + width), dtype=torch.bool)
+    if state is not None:
+        allowed[:, :, :cached] = state.mask.bool().cpu()[:, None, :]
+    offsets = []
+    for i, trie in enumerate(tries):
+        off = width - len(trie.tokens)
+        offsets.append(cached + off)
+        ids[i, off:] = torch.as_tensor(trie.tokens, dtype=torch.long)
+        depth = trie.depths()
+        positions[i, off:] = torch.as_tensor(depth, dtype=torch.long) + past_len[i]
+        for n, parent in enumerate(trie.parents):
+            q = off + n
+            allowed[i, q, cached + q] = True
+            if parent >= 0:
+                allowed[i, q, cached: cached + width] |= allowed[i, off + parent, cached: cached + width]
+        for q in range(off):  # padding queries attend to themselves only (no all-masked rows)
+            allowed[i, q, :] = False
+            allowed[i, q, cached + q] = True
+    dtype = next(model.parameters()).dtype
+    mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
+    out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
+                           position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+    hidden = out.last_hidden_state
+    flat_rows = [i for i, w in enumerate(want) for _ in w]
+    flat_cols = [width - len(tries[i].tokens) + n for i, w in enumerate(want) for n in w]
+    picked = hidden[torch.as_tensor(flat_rows, dtype=torch.long, device=device),
+                    torch.as_tensor(flat_cols, dtype=torch.long, device=device)]
+    logits = model.get_output_embeddings()(picked).float()
+    per_row, start = [], 0
+    for w in want:
+        per_row.append(logits[start: start + len(w)])
+        start += len(w)
+    past = out.past_key_values
+    layers = tuple((k, v) for k, v in (past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past))
+    node_mask = torch.zeros((rows, width), dtype=torch.long)
+    for i, trie in enumerate(tries):
+        node_mask[i, width - len(trie.tokens):] = 1
+    full_mask = node_mask.to(device) if state is None else torch.cat([state.mask, node_mask.to(device)], dim=1)
+    return per_row, TreeState(KVState(layers, full_mask), offsets, cached)
