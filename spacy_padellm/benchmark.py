@@ -20,11 +20,14 @@ from spacy.training import Example
 from .errors import Errors, PaDeLLMError
 from .scoring import gold_strings, predicted_strings, string_prf
 
-METHODS = ("padellm", "padellm_rows", "padellm_reference", "autoreg_struct", "autoreg_aug")
-# padellm_rows: our engine before the tree passes (one row per sequence, no count guesses, no speculation)
-ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0}}
+METHODS = ("padellm", "padellm_rows", "padellm_bf16", "padellm_reference", "autoreg_struct", "autoreg_aug")
+# padellm_rows: our engine before the tree passes (one row per sequence, no count guesses, no speculation);
+# padellm_bf16: the default engine with bfloat16 weights (dtype auto is float32 on CPU)
+ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
+                  "padellm_bf16": {"dtype": "bfloat16"}}
 PACKAGE = Path(__file__).resolve().parent
 ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_rows": PACKAGE / "default_adapter",
+            "padellm_bf16": PACKAGE / "default_adapter",
             "padellm_reference": PACKAGE / "default_adapter",
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
@@ -66,7 +69,7 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
                 run.decoder = pipe.decoder  # type: ignore[attr-defined]  # per-stage timings
             else:
                 ref = ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
-                                       pipe.template_name, pipe.cfg["max_new_tokens"])
+                                       pipe.template_name, pipe.cfg["max_new_tokens"], pipe.count_bias)
 
                 def run(docs: List[Doc], ref: Any = ref, pipe: Any = pipe
                         ) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:

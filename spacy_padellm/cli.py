@@ -101,6 +101,7 @@ def _benchmark(args: argparse.Namespace) -> int:
                             args.dtype)
     result = benchmark(gold, runners, [int(x) for x in args.batch_sizes.split(",")],
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result["command"] = "python -m spacy_padellm " + " ".join(args.argv)
     print(table(result))
     print(stage_table(result))
     if args.out:
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in benchmark results
     from .errors import PaDeLLMError
 
     try:

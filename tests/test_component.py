@@ -198,7 +198,8 @@ def test_unknown_template(tiny_llama):
         add({"model": tiny_llama, "labels": ["PER"], "template": "klingon"})
 
 
-@pytest.mark.parametrize("key,value", [("batch_size", 0), ("max_new_tokens", -1), ("dtype", "float8")])
+@pytest.mark.parametrize("key,value", [("batch_size", 0), ("max_new_tokens", -1), ("dtype", "float8"),
+                                       ("count_guesses", 10), ("speculate", -1)])
 def test_bad_settings(tiny_llama, key, value):
     with pytest.raises(PaDeLLMError, match=r"\[E010\]"):
         add({"model": tiny_llama, "labels": ["PER"], key: value})
@@ -209,3 +210,25 @@ def test_truncated_pipeline_folder(nlp_tiny, tmp_path):
     (tmp_path / "p" / "padellm_ner" / "cfg.json").unlink()
     with pytest.raises(PaDeLLMError, match=r"\[E012\].*cfg.json"):
         spacy.load(tmp_path / "p")
+
+
+def test_count_bias_comes_from_the_adapter_unless_configured(tiny_llama, tiny_adapter, tmp_path):
+    """A value tuned on dev travels with the adapter (padellm.json decode.count_bias), survives to_disk,
+    and an explicit setting wins."""
+    import json
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter, folder)
+    meta = json.loads((folder / "padellm.json").read_text())
+    (folder / "padellm.json").write_text(json.dumps({**meta, "decode": {"count_bias": 2.5}}))
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("padellm_ner", config={"model": tiny_llama, "adapter": str(folder), **CFG})
+    assert pipe.count_bias == 2.5 and pipe.decoder.count_bias == 2.5
+    nlp.to_disk(tmp_path / "pipeline")
+    assert spacy.load(tmp_path / "pipeline").get_pipe("padellm_ner").count_bias == 2.5
+    nlp2 = spacy.blank("en")
+    explicit = nlp2.add_pipe("padellm_ner", config={"model": tiny_llama, "adapter": str(folder), "count_bias": 0, **CFG})
+    assert explicit.count_bias == 0.0
+    plain = spacy.blank("en").add_pipe("padellm_ner", config={"model": tiny_llama, "adapter": tiny_adapter, **CFG})
+    assert plain.count_bias == 0.0

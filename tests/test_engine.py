@@ -184,3 +184,24 @@ def test_tree_path_equals_row_path(family, seed, tokenizer, tmp_path):
 def test_gpt2_takes_the_row_path(tiny_gpt2):
     model, tok = load(tiny_gpt2)
     assert Decoder(model, tok, get_template("en")).tree is False
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_count_bias_moves_counts_off_zero(tiny_llama, tree):
+    """count_bias only touches the first count token: a huge bias leaves no label at 0 (and changes
+    nothing once a count has started), and both paths agree under a bias."""
+    model, tok = load(tiny_llama)
+    model = model.double()
+    texts = TEXTS[:3]
+    plain = Decoder(model, tok, get_template("en"), max_new_tokens=2, tree=tree).predict(texts, LABELS, [3] * 3)
+    forced = Decoder(model, tok, get_template("en"), max_new_tokens=2, tree=tree, count_bias=1e4).predict(
+        texts, LABELS, [3] * 3)
+    assert all(c >= 1 for p in forced for c in p.counts.values())
+    assert all(r and r[0] != "0" for p in forced for r in p.raw_counts.values())
+    for a, b in zip(plain, forced):  # a count that started with a non-zero digit is decoded as before
+        for label, raw in a.raw_counts.items():
+            if raw and raw[0] != "0":
+                assert b.raw_counts[label] == raw
+    mild = [Decoder(model, tok, get_template("en"), max_new_tokens=2, tree=t, count_bias=0.05).predict(
+        texts, LABELS, [3] * 3) for t in (True, False)]
+    assert [as_tuples(p) for p in mild[0]] == [as_tuples(p) for p in mild[1]]

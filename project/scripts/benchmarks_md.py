@@ -11,8 +11,8 @@ out = Path(sys.argv[2])
 lines = [
     "# Benchmarks", "",
     f"Measured {date.today().isoformat()} on: {result['device']}; {result['n_docs']} documents.",
-    "Methods ran interleaved on the same batches after a warm-up, in one process (`spacy project run benchmark`,",
-    "i.e. `python -m spacy_padellm benchmark --data project/corpus/dev.spacy --batch-sizes 1,32 ...`).", "",
+    "Methods ran interleaved on the same batches after a warm-up, in one process. Command:", "",
+    "```", result.get("command", "spacy project run benchmark"), "```", "",
     "```", table(result), "```", "",
     "Speedup: the baseline's p50 latency over padellm's at batch size 1, padellm's docs/s over the baseline's above.",
     "`padellm_rows` is our engine before the tree passes (one row per sequence, counts digit by digit, no",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
+from transformers import LogitsProcessorList
 
 from ..engine.decoder import MAX_COUNT_DIGITS, Decoder, MentionPrediction
 from ..prompts import get_template
@@ -13,9 +14,9 @@ from ..prompts import get_template
 
 class ReferencePaDeLLM:
     def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], template: str = "en",
-                 max_new_tokens: int = 32) -> None:
+                 max_new_tokens: int = 32, count_bias: float = 0.0) -> None:
         self.labels = list(labels)
-        self.dec = Decoder(model, tokenizer, get_template(template), max_new_tokens)
+        self.dec = Decoder(model, tokenizer, get_template(template), max_new_tokens, count_bias=count_bias)
         self.model = model
         self.passes = 0
         model.register_forward_pre_hook(self._count_pass)
@@ -25,7 +26,7 @@ class ReferencePaDeLLM:
     def _count_pass(self, module: Any, args: Any) -> None:
         self.passes += 1
 
-    def _generate(self, prompts: List[List[int]], max_new: int, stop: List[int]
+    def _generate(self, prompts: List[List[int]], max_new: int, stop: List[int], bias_first: bool = False
                   ) -> Tuple[List[List[int]], List[float], int, List[int]]:
         """Greedy generate() over left-padded prompts: new ids (stop tokens cut), their summed
         log-probabilities, and this call's forward passes and generated tokens."""
@@ -34,10 +35,17 @@ class ReferencePaDeLLM:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
         before = self.passes
+        dec = self.dec
+
+        def first_count_bias(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            # the engine's count_bias, applied the same way: on the first count token only
+            return dec._bias_first(scores) if input_ids.shape[1] == width else scores
+
+        processors = [first_count_bias] if bias_first and dec.count_bias else []
         with torch.inference_mode():
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                       eos_token_id=stop, pad_token_id=pad, return_dict_in_generate=True,
-                                      output_scores=True)
+                                      output_scores=True, logits_processor=LogitsProcessorList(processors))
         new = out.sequences[:, width:].tolist()
         logp = [torch.log_softmax(s.float(), dim=-1) for s in out.scores]
         seqs, scores, generated = [], [], []
@@ -62,7 +70,7 @@ class ReferencePaDeLLM:
         prompts = [self.dec.encode(t.prompt(texts[d], lab)) for d, lab in rows]
         stats = [dict(forward_passes=0, prompt_tokens=0, generated_tokens=0) for _ in texts]
         digits, _, passes, generated = self._generate(prompts, MAX_COUNT_DIGITS + 1,
-                                                      sorted(self.dec.eos_ids) + self.newline)
+                                                      sorted(self.dec.eos_ids) + self.newline, bias_first=True)
         requests = []
         for (d, lab), ids in zip(rows, digits):
             text = "".join(self.dec.digit_ids.get(i, "x") for i in ids)

@@ -60,11 +60,14 @@ class Decoder:
     """Greedy PaDeLLM decoding for one loaded model/tokenizer/template."""
 
     def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
-                 speculate: int = 0, tree: bool = True, count_guesses: int = 2) -> None:
+                 speculate: int = 0, tree: bool = True, count_guesses: int = 1, count_bias: float = 0.0) -> None:
         self.model = model
         self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
         self.tree = tree and supports_tree(model)  # tree-shaped passes where the model family allows
         self.count_guesses = count_guesses  # counts 1..N whose mention prompts ride along in pass 1
+        # subtracted from the logits that make a count 0 (first count token only): a recall knob tuned on
+        # dev for models that learned "0" too well; 0.0 = plain greedy
+        self.count_bias = float(count_bias)
         self.stage_seconds: Dict[str, float] = {}  # wall time per stage, summed over calls (benchmarks)
         self.stage_passes: Dict[str, int] = {}
         self._space_variant: Dict[int, Optional[int]] = {}
@@ -78,6 +81,10 @@ class Decoder:
         self.digit_ids, self.count_allowed = self._count_vocabulary()
         self.zero_id = next((i for i, p in self.digit_ids.items() if p == "0"), None)
         self.digit_token = {p: i for i, p in sorted(self.digit_ids.items(), reverse=True) if len(p) == 1}
+        self.zero_count = self.count_allowed.clone()  # tokens that end a count at 0: "0", EOS, newline
+        self.zero_count[list(self.digit_ids)] = False
+        if self.zero_id is not None:
+            self.zero_count[self.zero_id] = True
 
     def _count_vocabulary(self) -> Tuple[Dict[int, str], torch.Tensor]:
         """Digit tokens, and the tokens a count may consist of: digits, EOS (after "0") and the token that
@@ -147,8 +154,8 @@ class Decoder:
         suffixes = [prompts[d][j][prefix_lens[d]:] for d, j in label_rows]
         logits, prompt_state = self._forward(doc_state.select(row_docs), suffixes, row_docs, stats, prompt=True,
                                              stage="prompt")
-        counts, raw = self._count_loop(logits, prompt_state, list(range(len(label_rows))), [[] for _ in label_rows],
-                                       row_docs, stats)
+        counts, raw = self._count_loop(self._bias_first(logits), prompt_state, list(range(len(label_rows))),
+                                       [[] for _ in label_rows], row_docs, stats)
         return counts, raw, prompt_state, label_rows
 
     def _count_loop(self, logits: torch.Tensor, state: KVState, active: List[int], digits: List[List[int]],
@@ -200,7 +207,7 @@ class Decoder:
             doc_tries.append(Trie.of(seqs))
             layouts.append(layout)
         logits, doc_tree = self._tree_forward(None, doc_tries, [t.ends for t in doc_tries], docs, stats, "prompt")
-        first = self._count_token(torch.stack([logits[d][layouts[d][(j,)]] for d, j in label_rows]))
+        first = self._count_token(self._bias_first(torch.stack([logits[d][layouts[d][(j,)]] for d, j in label_rows])))
         digits: List[List[int]] = [[] for _ in label_rows]
         ready = _Ready()
         open_rows, verified = [], []
@@ -216,8 +223,9 @@ class Decoder:
             (verified if guessed else open_rows).append(r)
         # rows whose count was guessed: their count's end and mentions' first tokens are already known
         if verified:
-            ends = self._count_token(torch.stack([logits[row_docs[r]][layouts[row_docs[r]][self._guess(r, label_rows, digits)]]
-                                                  for r in verified]))
+            guessed_logits = [logits[row_docs[r]][layouts[row_docs[r]][self._guess(r, label_rows, digits)]]
+                              for r in verified]
+            ends = self._count_token(torch.stack(guessed_logits))
             going_on, going_paths = [], []
             picks = []
             for r, tok in zip(verified, ends):
@@ -241,8 +249,8 @@ class Decoder:
         fallback = [r for r in verified if len(digits[r]) > 1]
         label_state = None
         if open_rows or fallback:
-            label_state = doc_tree.branch(row_docs, [0] * len(label_rows),
-                                          [doc_tries[d].path(doc_tries[d].ends[layouts[d][(j,)]]) for d, j in label_rows])
+            paths = [doc_tries[d].path(doc_tries[d].ends[layouts[d][(j,)]]) for d, j in label_rows]
+            label_state = doc_tree.branch(row_docs, [0] * len(label_rows), paths)
         for group in self._groups(open_rows, digits, row_docs, max_counts):
             fallback += self._mention_tree(group, texts, labels, prompts, label_rows, label_state, digits,
                                            max_counts, stats, ready)
@@ -261,6 +269,12 @@ class Decoder:
 
     def _guess(self, r: int, label_rows: List[Tuple[int, int]], digits: List[List[int]]) -> Tuple[int, int]:
         return (label_rows[r][1], int(self.digit_ids[digits[r][0]]))
+
+    def _bias_first(self, logits: torch.Tensor) -> torch.Tensor:
+        """The first count token's logits with count_bias taken off the ways of saying 0."""
+        if self.count_bias == 0.0:
+            return logits
+        return logits - self.count_bias * self.zero_count[: logits.shape[1]].to(logits.dtype)
 
     def _count_token(self, logits: torch.Tensor) -> List[int]:
         masked = logits.masked_fill(~self.count_allowed[: logits.shape[1]], float("-inf"))
