@@ -91,9 +91,12 @@ def _benchmark(args: argparse.Namespace) -> int:
     import spacy
 
     from .benchmark import benchmark, build_methods, plot, save, stage_table, table
+    from .errors import Errors, PaDeLLMError
     from .training.readers import read_any
 
-    gold = [d for d in read_any(args.data, spacy.blank(args.lang).vocab) if d.text.strip()]
+    if args.stride < 1:
+        raise PaDeLLMError(Errors.E010.format(key="--stride", value=args.stride, why="must be a positive integer"))
+    gold = [d for d in read_any(args.data, spacy.blank(args.lang).vocab) if d.text.strip()][:: args.stride]
     if args.limit:
         gold = gold[: args.limit]
     adapters = dict(x.split("=", 1) for x in args.adapters.split(",") if x) if args.adapters else {}
@@ -151,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmark", help="PaDeLLM vs autoregressive NER, side by side in one process")
     bm.add_argument("--data", required=True)
     bm.add_argument("--limit", type=int, default=0)
+    bm.add_argument("--stride", type=int, default=1, help="every STRIDE-th document (a sample spread over the file)")
     bm.add_argument("--methods", default="padellm,padellm_rows,padellm_reference,autoreg_struct,autoreg_aug")
     bm.add_argument("--batch-sizes", default="1,32")
     bm.add_argument("--model", default="smollm2-135m")

@@ -228,7 +228,8 @@ def test_count_bias_comes_from_the_adapter_unless_configured(tiny_llama, tiny_ad
     nlp.to_disk(tmp_path / "pipeline")
     assert spacy.load(tmp_path / "pipeline").get_pipe("padellm_ner").count_bias == 2.5
     nlp2 = spacy.blank("en")
-    explicit = nlp2.add_pipe("padellm_ner", config={"model": tiny_llama, "adapter": str(folder), "count_bias": 0, **CFG})
+    explicit = nlp2.add_pipe("padellm_ner",
+                             config={"model": tiny_llama, "adapter": str(folder), "count_bias": 0, **CFG})
     assert explicit.count_bias == 0.0
     plain = spacy.blank("en").add_pipe("padellm_ner", config={"model": tiny_llama, "adapter": tiny_adapter, **CFG})
     assert plain.count_bias == 0.0

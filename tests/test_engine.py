@@ -169,7 +169,8 @@ def test_tree_path_equals_row_path(family, seed, tokenizer, tmp_path):
     caps = [6] * len(texts)
     rows = Decoder(model, tok, get_template("en"), max_new_tokens=5, tree=False).predict(texts, LABELS, caps)
     for guesses, speculate in ((0, 0), (2, 0), (2, 4)):
-        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, count_guesses=guesses, speculate=speculate)
+        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, count_guesses=guesses, speculate=speculate,
+                      small_batch=len(texts))
         assert dec.tree
         got = dec.predict(texts, LABELS, caps)
         for a, b in zip(rows, got):

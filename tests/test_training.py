@@ -84,7 +84,7 @@ def test_fast_paths_equal_plain_greedy(overfit, wide_tiny, tree, guesses, specul
     plain = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=False).predict(texts, labels,
                                                                                           [12] * len(texts))
     fast = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=tree, count_guesses=guesses,
-                   speculate=speculate).predict(texts, labels, [12] * len(texts))
+                   speculate=speculate, small_batch=len(texts)).predict(texts, labels, [12] * len(texts))
     assert sum(len(p.mentions) for p in plain) > 30
     assert {c for p in plain for c in p.counts.values()} >= {0, 1, 2}
     for a, b in zip(plain, fast):

@@ -28,7 +28,11 @@ from ..prompts import Template, common_prefix_len, encode, special_prefix
 from .kv import KVState, Trie, extend, extend_tree, supports_tree
 
 MAX_COUNT_DIGITS = 3  # a count never exceeds the tokens of a sentence; 3 digits bound a babbling model
-MAX_ROWS_PER_PASS = 512  # mention rows decoded together; bounds memory when a model babbles high counts
+MAX_ROWS_PER_PASS = 512
+# count guesses and copy-speculation feed extra tokens to save passes: a win while a pass is bound by
+# reading the weights (few rows), a loss once it is bound by compute (at 32 docs per call the engine with
+# both ran at 0.85x the docs/s of the one without, BENCHMARKS.md); they apply to calls of at most this many docs
+SMALL_BATCH = 4  # mention rows decoded together; bounds memory when a model babbles high counts
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,14 @@ class Decoder:
     """Greedy PaDeLLM decoding for one loaded model/tokenizer/template."""
 
     def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
-                 speculate: int = 0, tree: bool = True, count_guesses: int = 1, count_bias: float = 0.0) -> None:
+                 speculate: int = 0, tree: bool = True, count_guesses: int = 1, count_bias: float = 0.0,
+                 small_batch: int = SMALL_BATCH) -> None:
         self.model = model
         self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
         self.tree = tree and supports_tree(model)  # tree-shaped passes where the model family allows
         self.count_guesses = count_guesses  # counts 1..N whose mention prompts ride along in pass 1
+        self._guesses_now, self._speculate_now = count_guesses, speculate  # this call's (see SMALL_BATCH)
+        self.small_batch = small_batch
         # subtracted from the logits that make a count 0 (first count token only): a recall knob tuned on
         # dev for models that learned "0" too well; 0.0 = plain greedy
         self.count_bias = float(count_bias)
@@ -111,6 +118,9 @@ class Decoder:
         if not texts:
             return []
         prompts = [[self.encode(self.template.prompt(t, lab)) for lab in labels] for t in texts]
+        small = len(texts) <= self.small_batch
+        self._guesses_now = self.count_guesses if small else 0
+        self._speculate_now = self.speculate if small else 0
         if self.tree:
             counts, raw, mentions = self.tree_step(texts, labels, prompts, max_counts, stats)
             label_rows = [(d, j) for d in range(len(texts)) for j in range(len(labels))]
@@ -198,7 +208,7 @@ class Decoder:
             for j in range(n_labels):
                 layout[(j,)] = len(seqs)
                 seqs.append(prompts[d][j])
-                for c in range(1, min(self.count_guesses, max_counts[d], 9) + 1):
+                for c in range(1, min(self._guesses_now, max_counts[d], 9) + 1):
                     layout[(j, c)] = len(seqs)
                     seqs.append(prompts[d][j] + [self.digit_token[str(c)]])
                     for k in range(1, c + 1):
@@ -376,7 +386,7 @@ class Decoder:
         """Greedy decoding of each row's continuation of state + suffix, until EOS or max_new_tokens;
         finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row.
 
-        With `sources` and self.speculate > 0 (copy-speculative decoding): a row whose last tokens occur in
+        With `sources` and speculation on (copy-speculative decoding, see SMALL_BATCH): a row whose last tokens occur in
         its source (the prompt, which holds the text a mention is copied from) also feeds the source's
         next tokens; one pass then verifies them all, and the tokens greedy decoding agrees with are kept
         (the rest are masked out of the cache). The output is greedy decoding's; only passes are saved.
@@ -439,7 +449,7 @@ class Decoder:
         """The source's continuation after its first occurrence of the row's last tokens (2-gram, then
         1-gram, then the last token with a leading space: a mention's first token has none, the same word
         inside the text has one)."""
-        if self.speculate <= 0 or not decoded:
+        if self._speculate_now <= 0 or not decoded:
             return []
         patterns = [decoded[-2:]] if len(decoded) >= 2 else []
         patterns.append(decoded[-1:])
@@ -450,7 +460,7 @@ class Decoder:
             n = len(pattern)
             for j in range(len(source) - n):
                 if list(source[j:j + n]) == pattern:
-                    return list(source[j + n: j + n + self.speculate])
+                    return list(source[j + n: j + n + self._speculate_now])
         return []
 
     def _spaced(self, token: int) -> Optional[int]:

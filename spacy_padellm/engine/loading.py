@@ -70,10 +70,11 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    # CPU: float32. Measured on the 2-core AVX512-BF16 machine, first 160 CoNLL dev docs, same process
-    # order: the engine in bf16 took 110.9 s vs 45.6 s in float32 (F1 67.3 vs 67.6). Single-row bf16
-    # passes are faster, but the cache copies, masks and small ops of batched decoding are not.
-    return torch.float32
+    # CPU: bf16 where the CPU has AVX512-BF16/AMX. Measured with the tree engine on the 2-core AVX512-BF16
+    # machine, 100 CoNLL dev docs, one benchmark run (BENCHMARKS.md): 1.87x lower p50 latency at batch
+    # size 1 and 2.15x the docs/s at 32 than float32, string F1 78.98 vs 78.75. (The row-per-sequence
+    # engine of session 1 had measured the opposite: its many small ops did not gain from bf16.)
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 def cpu_has_fast_bf16() -> bool:
