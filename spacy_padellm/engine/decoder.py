@@ -17,10 +17,9 @@ canonical number, so a leading "0" ends it. Finished rows leave the batch.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
-
-import time
 
 import torch
 
@@ -28,11 +27,12 @@ from ..prompts import Template, common_prefix_len, encode, special_prefix
 from .kv import KVState, Trie, extend, extend_tree, supports_tree
 
 MAX_COUNT_DIGITS = 3  # a count never exceeds the tokens of a sentence; 3 digits bound a babbling model
-MAX_ROWS_PER_PASS = 512
+MAX_ROWS_PER_PASS = 512  # mention rows decoded together; bounds memory when a model babbles high counts
 # count guesses and copy-speculation feed extra tokens to save passes: a win while a pass is bound by
 # reading the weights (few rows), a loss once it is bound by compute (at 32 docs per call the engine with
-# both ran at 0.85x the docs/s of the one without, BENCHMARKS.md); they apply to calls of at most this many docs
-SMALL_BATCH = 4  # mention rows decoded together; bounds memory when a model babbles high counts
+# both ran at 0.85x the docs/s of the one without, BENCHMARKS.md); they apply to calls of at most this
+# many docs
+SMALL_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,7 @@ class Decoder:
         """Greedy count digits of rows `active` (whose next-token logits are `logits`), appended to
         `digits`; a count ends at a non-digit, at MAX_COUNT_DIGITS, or after a leading "0"."""
         while active:
-            masked = logits.masked_fill(~self.count_allowed[: logits.shape[1]], float("-inf"))
-            tokens = masked.argmax(dim=-1).tolist()
+            tokens = self._count_token(logits)
             keep, fed = [], []
             for pos, (row, tok) in enumerate(zip(active, tokens)):
                 stats[row_docs[row]].generated_tokens += 1
@@ -386,9 +385,9 @@ class Decoder:
         """Greedy decoding of each row's continuation of state + suffix, until EOS or max_new_tokens;
         finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row.
 
-        With `sources` and speculation on (copy-speculative decoding, see SMALL_BATCH): a row whose last tokens occur in
-        its source (the prompt, which holds the text a mention is copied from) also feeds the source's
-        next tokens; one pass then verifies them all, and the tokens greedy decoding agrees with are kept
+        With `sources` and speculation on (copy-speculative decoding, see SMALL_BATCH): a row whose last
+        tokens occur in its source (the prompt, which holds the text a mention is copied from) also feeds
+        the source's next tokens; one pass then verifies them all, and the tokens greedy decoding agrees with are kept
         (the rest are masked out of the cache). The output is greedy decoding's; only passes are saved.
         """
         if not suffixes:

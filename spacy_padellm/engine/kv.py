@@ -11,6 +11,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -109,9 +110,12 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, **kwargs)
     logits = out.logits[:, -1, :].float() if n_logits == 1 else out.logits[:, -n_logits:, :].float()
-    past = out.past_key_values
-    layers = tuple((k, v) for k, v in (past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past))
-    return logits, KVState(layers, mask)
+    return logits, KVState(_layers(out.past_key_values), mask)
+
+
+def _layers(past: Any) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
+    """Per-layer (key, value) of a model's returned cache, whatever its class."""
+    return tuple((k, v) for k, v in (past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past))
 
 
 def full_sequence_logits(model: Any, sequences: List[List[int]]) -> torch.Tensor:
@@ -170,6 +174,16 @@ class Trie:
             out.append(node)
             node = self.parents[node]
         return out[::-1]
+
+    def ancestors(self) -> np.ndarray:
+        """[nodes, nodes] bool: node q may attend to node n (n is q or one of its ancestors)."""
+        n = len(self.tokens)
+        out = np.zeros((n, n), dtype=bool)
+        for q, parent in enumerate(self.parents):  # parents come before children
+            if parent >= 0:
+                out[q] = out[parent]
+            out[q, q] = True
+        return out
 
     def depths(self) -> List[int]:
         depth: List[int] = []
@@ -243,14 +257,10 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
         ids[i, off:] = torch.as_tensor(trie.tokens, dtype=torch.long)
         depth = trie.depths()
         positions[i, off:] = torch.as_tensor(depth, dtype=torch.long) + past_len[i]
-        for n, parent in enumerate(trie.parents):
-            q = off + n
-            allowed[i, q, cached + q] = True
-            if parent >= 0:
-                allowed[i, q, cached: cached + width] |= allowed[i, off + parent, cached: cached + width]
-        for q in range(off):  # padding queries attend to themselves only (no all-masked rows)
-            allowed[i, q, :] = False
-            allowed[i, q, cached + q] = True
+        allowed[i, off:, cached + off:] = torch.from_numpy(trie.ancestors())
+        allowed[i, :off, :] = False  # padding queries attend to themselves only (no all-masked rows)
+        pad = torch.arange(off)
+        allowed[i, pad, cached + pad] = True
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
@@ -266,8 +276,7 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
     for w in want:
         per_row.append(logits[start: start + len(w)])
         start += len(w)
-    past = out.past_key_values
-    layers = tuple((k, v) for k, v in (past.to_legacy_cache() if hasattr(past, "to_legacy_cache") else past))
+    layers = _layers(out.past_key_values)
     node_mask = torch.zeros((rows, width), dtype=torch.long)
     for i, trie in enumerate(tries):
         node_mask[i, width - len(trie.tokens):] = 1
