@@ -20,14 +20,16 @@ from spacy.training import Example
 from .errors import Errors, PaDeLLMError
 from .scoring import gold_strings, predicted_strings, string_prf
 
-METHODS = ("padellm", "padellm_rows", "padellm_fp32", "padellm_reference", "autoreg_struct", "autoreg_aug")
+METHODS = ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference", "autoreg_struct",
+           "autoreg_aug")
 # padellm_rows: our engine before the tree passes (one row per sequence, no count guesses, no speculation);
-# padellm_fp32: the default engine with float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX)
+# padellm_fp32: the default engine with float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX);
+# padellm_substring: the default engine with mentions constrained to substrings of the text (opt-in)
 ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
-                  "padellm_fp32": {"dtype": "float32"}}
+                  "padellm_fp32": {"dtype": "float32"}, "padellm_substring": {"mentions_from_text": True}}
 PACKAGE = Path(__file__).resolve().parent
 ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_rows": PACKAGE / "default_adapter",
-            "padellm_fp32": PACKAGE / "default_adapter",
+            "padellm_fp32": PACKAGE / "default_adapter", "padellm_substring": PACKAGE / "default_adapter",
             "padellm_reference": PACKAGE / "default_adapter",
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}

@@ -24,6 +24,8 @@ def _annotate(args: argparse.Namespace) -> int:
     config = {"model": args.model, "adapter": args.adapter if args.adapter is not None else DEFAULT_CONFIG["adapter"]}
     if args.labels:
         config["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if args.mentions_from_text:
+        config["mentions_from_text"] = True
     nlp = spacy.blank(args.lang)
     nlp.add_pipe("padellm_ner", config=config)
     docs = list(nlp.pipe(texts, batch_size=args.batch_size))
@@ -64,7 +66,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .training.readers import read_any
 
-    config = {"model": args.model, "batch_size": args.batch_size}
+    config = {"model": args.model, "batch_size": args.batch_size, "mentions_from_text": args.mentions_from_text}
     if args.adapter:
         config["adapter"] = args.adapter
     nlp = spacy.blank(args.lang)
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--lang", default="en", help="spaCy language code for tokenization")
     ann.add_argument("--batch-size", type=int, default=32)
     ann.add_argument("--html", default=None, help="write displaCy HTML here")
+    ann.add_argument("--mentions-from-text", action="store_true",
+                     help="constrain mentions to word-aligned substrings of the text (changes output)")
     ann.set_defaults(func=_annotate)
 
     import dataclasses
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--out", default=None, help="also write the scores as JSON here")
+    ev.add_argument("--mentions-from-text", action="store_true",
+                    help="constrain mentions to word-aligned substrings of the text (changes output)")
     ev.set_defaults(func=_evaluate)
 
     bm = sub.add_parser("benchmark", help="PaDeLLM vs autoregressive NER, side by side in one process")

@@ -45,6 +45,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "tree": True,  # tree-shaped passes (text + all labels in one pass) where the model family allows; same output
     "count_guesses": 1,  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
     "count_bias": None,  # taken off the logits of a 0 count (recall knob); None: the adapter's tuned value, else 0
+    "mentions_from_text": False,  # mention tokens constrained to substrings of the text (changes output; opt-in)
 }
 CFG_FILE = "cfg.json"
 
@@ -72,12 +73,13 @@ def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
                      spans_key: str, max_chunk_tokens: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
-                     tree: bool, count_guesses: int, count_bias: Optional[float]) -> "PaDeLLMNER":
+                     tree: bool, count_guesses: int, count_bias: Optional[float],
+                     mentions_from_text: bool) -> "PaDeLLMNER":
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                       dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
                       batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate, tree=tree,
-                      count_guesses=count_guesses, count_bias=count_bias)
+                      count_guesses=count_guesses, count_bias=count_bias, mentions_from_text=mentions_from_text)
 
 
 class PaDeLLMNER(Pipe):
@@ -89,7 +91,8 @@ class PaDeLLMNER(Pipe):
                  batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
                  dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
                  batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 4,
-                 tree: bool = True, count_guesses: int = 1, count_bias: Optional[float] = None) -> None:
+                 tree: bool = True, count_guesses: int = 1, count_bias: Optional[float] = None,
+                 mentions_from_text: bool = False) -> None:
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
@@ -107,8 +110,9 @@ class PaDeLLMNER(Pipe):
             raise PaDeLLMError(Errors.E010.format(key="count_guesses", value=count_guesses, why="must be 0 to 9"))
         if count_bias is not None and (isinstance(count_bias, bool) or not isinstance(count_bias, (int, float))):
             raise PaDeLLMError(Errors.E010.format(key="count_bias", value=count_bias, why="must be a number or null"))
-        if not isinstance(tree, bool):
-            raise PaDeLLMError(Errors.E010.format(key="tree", value=tree, why="must be true or false"))
+        for key, value in (("tree", tree), ("mentions_from_text", mentions_from_text)):
+            if not isinstance(value, bool):
+                raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))
         if dtype not in ("auto", "float32", "bfloat16"):
             raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
         if not isinstance(spans_key, str) or not spans_key:
@@ -117,7 +121,7 @@ class PaDeLLMNER(Pipe):
                                         dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
                                         max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens,
                                         speculate=speculate, tree=tree, count_guesses=count_guesses,
-                                        count_bias=count_bias)
+                                        count_bias=count_bias, mentions_from_text=mentions_from_text)
         self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
@@ -200,7 +204,8 @@ class PaDeLLMNER(Pipe):
                 model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
             self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"],
                                     speculate=self.cfg.get("speculate", 0), tree=self.cfg.get("tree", True),
-                                    count_guesses=self.cfg.get("count_guesses", 0), count_bias=self.count_bias)
+                                    count_guesses=self.cfg.get("count_guesses", 0), count_bias=self.count_bias,
+                                    mentions_from_text=self.cfg.get("mentions_from_text", False))
         return self._decoder
 
     def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,

@@ -12,7 +12,8 @@ CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
 
 
 def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_adapter):
-    adapters = {name: tiny_adapter for name in ("padellm", "padellm_rows", "padellm_fp32", "padellm_reference")}
+    adapters = {name: tiny_adapter for name in ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring",
+                                                  "padellm_reference")}
     for fmt in ("autoreg_struct", "autoreg_aug"):
         folder = make_adapter(tiny_llama, tmp_path / fmt, LABELS)
         meta = json.loads((tmp_path / fmt / "padellm.json").read_text())
@@ -23,22 +24,23 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     out, png = tmp_path / "results.json", tmp_path / "results.png"
     cmd = [sys.executable, "-m", "spacy_padellm", "benchmark", "--data", str(data), "--limit", "3",
            "--model", tiny_llama, "--dtype", "float32", "--batch-sizes", "1,2", "--out", str(out), "--plot", str(png),
-           "--methods", "padellm,padellm_rows,padellm_fp32,padellm_reference,autoreg_struct,autoreg_aug",
+           "--methods", ",".join(["padellm", "padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference",
+                                  "autoreg_struct", "autoreg_aug"]),
            "--adapters", ",".join(f"{k}={v}" for k, v in adapters.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["n_docs"] == 3 and "cores" in result["device"]
-    assert set(result["methods"]) == {"padellm", "padellm_rows", "padellm_fp32", "padellm_reference", "autoreg_struct",
-                                      "autoreg_aug"}
+    assert set(result["methods"]) == {"padellm", "padellm_rows", "padellm_fp32", "padellm_substring",
+                                      "padellm_reference", "autoreg_struct", "autoreg_aug"}
     for m in result["methods"].values():
         assert 0.0 <= m["f1_string"] <= 1.0 and 0.0 <= m["f1_span"] <= 1.0
         for bs in ("1", "2"):
             e = m["by_batch_size"][bs]
             assert e["latency_ms_p50"] > 0 and e["latency_ms_p90"] >= e["latency_ms_p50"] and e["docs_per_s"] > 0
             assert e["forward_passes_mean"] >= 1 and e["prompt_tokens_mean"] > 0 and e["generated_tokens_mean"] > 0
-    assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_fp32", "padellm_reference", "autoreg_struct",
-                                         "autoreg_aug"}
+    assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference",
+                                         "autoreg_struct", "autoreg_aug"}
     assert all(set(v) == {"1", "2"} for v in result["speedup_vs"].values())
     # the engine and the reference procedure decode the same mentions with the same adapter
     p, r = result["methods"]["padellm"], result["methods"]["padellm_reference"]

@@ -6,10 +6,18 @@ SENTENCES = [
     "Barack Obama visited Berlin with Angela Merkel.",
     "Apple and Microsoft opened offices in Seattle and London.",
     "The Danube flows through Vienna and Budapest.",
+    "Angela Merkel met Emmanuel Macron in Paris.",
+    "Shares of Toyota rose in Tokyo on Monday.",
+    "Roger Federer beat Rafael Nadal at Wimbledon.",
 ]
-EXPECTED = {("Barack Obama", "PER"), ("Angela Merkel", "PER"), ("Berlin", "LOC"), ("Apple", "ORG"),
-            ("Microsoft", "ORG"), ("Seattle", "LOC"), ("London", "LOC"), ("Vienna", "LOC"), ("Budapest", "LOC"),
-            ("Danube", "LOC")}
+EXPECTED = [  # per sentence
+    {("Barack Obama", "PER"), ("Angela Merkel", "PER"), ("Berlin", "LOC")},
+    {("Apple", "ORG"), ("Microsoft", "ORG"), ("Seattle", "LOC"), ("London", "LOC")},
+    {("Vienna", "LOC"), ("Budapest", "LOC"), ("Danube", "LOC")},
+    {("Angela Merkel", "PER"), ("Emmanuel Macron", "PER"), ("Paris", "LOC")},
+    {("Toyota", "ORG"), ("Tokyo", "LOC")},
+    {("Roger Federer", "PER"), ("Rafael Nadal", "PER"), ("Wimbledon", "LOC")},
+]
 
 
 def test_default_pipeline_annotates_real_sentences():
@@ -19,9 +27,12 @@ def test_default_pipeline_annotates_real_sentences():
     docs = list(nlp.pipe(SENTENCES))
     assert type(pipe.decoder.model).__name__ == "LlamaForCausalLM"
     assert pipe.decoder.model.num_parameters() > 100_000_000
-    found = {(e.text, e.label_) for doc in docs for e in doc.ents}
-    assert len(found & EXPECTED) >= 7, found  # the default model finds most of them (measured: 8 of 10)
-    assert len(found - EXPECTED) <= 2, found
+    found = [{(e.text, e.label_) for e in doc.ents} for doc in docs]
+    right = sum(len(f & e) for f, e in zip(found, EXPECTED))
+    wrong = sum(len(f - e) for f, e in zip(found, EXPECTED))
+    # the default model finds most of the 18 (measured with the step-2019 adapter, bf16: 15 right and 0 wrong
+    # in one batch; 13 and 1 one sentence at a time, where bf16 rounds differently)
+    assert right >= 13 and wrong <= 2, found
     for doc in docs:
         data = doc.user_data["padellm"]
         assert set(data["counts"]) == {"PER", "ORG", "LOC", "MISC"}

@@ -53,7 +53,7 @@ class AutoregNER:
         rows = self.decoder.greedy(None, prompts, list(range(len(texts))), stats)
         out = []
         for (ids, _, _), st in zip(rows, stats):
-            text = self.decoder.tokenizer.decode(ids, skip_special_tokens=True)
+            text = self.decoder.text_of(ids, skip_special_tokens=True)
             out.append((self.parse(text, self.labels), dict(forward_passes=st.forward_passes,
                                                             prompt_tokens=st.prompt_tokens,
                                                             generated_tokens=st.generated_tokens)))

@@ -87,7 +87,7 @@ class ReferencePaDeLLM:
             seqs, scores, passes, generated = self._generate(m_prompts, self.dec.max_new_tokens,
                                                              sorted(self.dec.eos_ids))
             for (d, lab, c, k), ids, score, p, n in zip(requests, seqs, scores, m_prompts, generated):
-                mentions[d].append(MentionPrediction(lab, k, self.dec.tokenizer.decode(ids), score, len(ids), True))
+                mentions[d].append(MentionPrediction(lab, k, self.dec.text_of(ids), score, len(ids), True))
                 stats[d]["prompt_tokens"] += len(p)
                 stats[d]["generated_tokens"] += n
             for d in {r[0] for r in requests}:

@@ -25,6 +25,7 @@ import torch
 
 from ..prompts import Template, common_prefix_len, encode, special_prefix
 from .kv import KVState, Trie, extend, extend_tree, supports_tree
+from .substring import SubstringConstraint, TokenBytes
 
 MAX_COUNT_DIGITS = 3  # a count never exceeds the tokens of a sentence; 3 digits bound a babbling model
 MAX_ROWS_PER_PASS = 512  # mention rows decoded together; bounds memory when a model babbles high counts
@@ -65,7 +66,7 @@ class Decoder:
 
     def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
                  speculate: int = 0, tree: bool = True, count_guesses: int = 1, count_bias: float = 0.0,
-                 small_batch: int = SMALL_BATCH) -> None:
+                 small_batch: int = SMALL_BATCH, mentions_from_text: bool = False) -> None:
         self.model = model
         self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
         self.tree = tree and supports_tree(model)  # tree-shaped passes where the model family allows
@@ -75,6 +76,9 @@ class Decoder:
         # subtracted from the logits that make a count 0 (first count token only): a recall knob tuned on
         # dev for models that learned "0" too well; 0.0 = plain greedy
         self.count_bias = float(count_bias)
+        # opt-in: each mention token chosen among those that keep it a substring of the text (substring.py)
+        self.mentions_from_text = mentions_from_text
+        self._token_bytes: Optional[TokenBytes] = None
         self.stage_seconds: Dict[str, float] = {}  # wall time per stage, summed over calls (benchmarks)
         self.stage_passes: Dict[str, int] = {}
         self._space_variant: Dict[int, Optional[int]] = {}
@@ -109,6 +113,11 @@ class Decoder:
 
     def encode(self, text: str) -> List[int]:
         return encode(self.tokenizer, text, self.bos)
+
+    def text_of(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """The string of generated ids, exactly: no clean-up of spaces (which turns "Lord 's" into
+        "Lord's" and "Salomon Bros ." into "Salomon Bros.", strings the text does not hold)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
 
     # ---- stages -----------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str], labels: Sequence[str], max_counts: Sequence[int]
@@ -264,7 +273,7 @@ class Decoder:
             fallback += self._mention_tree(group, texts, labels, prompts, label_rows, label_state, digits,
                                            max_counts, stats, ready)
         mentions: List[List[MentionPrediction]] = [[] for _ in texts]
-        ready.decode(self, labels, stats, mentions)
+        ready.decode(self, texts, labels, stats, mentions)
         raw = ["".join(self.digit_ids[t] for t in ds) for ds in digits]
         counts = [int(x) if x else 0 for x in raw]
         requests = [(label_rows[r][0], label_rows[r][1], c, k) for r in fallback
@@ -371,17 +380,17 @@ class Decoder:
                 keeps.append(keep)
                 suffixes.append(full[keep:])
             decoded = self.greedy(label_state.select(sources, keeps), suffixes, [r[0] for r in chunk], stats,
-                                  [prompts[d][j] for d, j, _, _ in chunk])
+                                  [prompts[d][j] for d, j, _, _ in chunk], [texts[d] for d, _, _, _ in chunk])
             for (d, j, c, k), (ids, logprob, done) in zip(chunk, decoded):
-                text = self.tokenizer.decode(ids, skip_special_tokens=False)
+                text = self.text_of(ids)
                 out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))
         for preds in out:
             preds.sort(key=lambda m: (labels.index(m.label), m.k))
         return out
 
     def greedy(self, state: Optional[KVState], suffixes: List[List[int]], row_docs: List[int],
-               stats: List[DocStats], sources: Optional[List[Sequence[int]]] = None
-               ) -> List[Tuple[List[int], float, bool]]:
+               stats: List[DocStats], sources: Optional[List[Sequence[int]]] = None,
+               texts: Optional[List[str]] = None) -> List[Tuple[List[int], float, bool]]:
         """Greedy decoding of each row's continuation of state + suffix, until EOS or max_new_tokens;
         finished rows leave the batch. Returns (token ids, summed log-probability, ended on EOS) per row.
 
@@ -393,12 +402,15 @@ class Decoder:
         if not suffixes:
             return []
         logits, state = self._forward(state, suffixes, row_docs, stats, prompt=True, stage="mention_prompt")
-        return self.continue_greedy(state, logits, row_docs, stats, sources)
+        return self.continue_greedy(state, logits, row_docs, stats, sources, texts)
 
     def continue_greedy(self, state: KVState, logits: torch.Tensor, row_docs: List[int], stats: List[DocStats],
-                        sources: Optional[List[Sequence[int]]] = None) -> List[Tuple[List[int], float, bool]]:
-        """`greedy` from rows whose prompts are in `state` and whose next-token logits are `logits`."""
+                        sources: Optional[List[Sequence[int]]] = None, texts: Optional[List[str]] = None
+                        ) -> List[Tuple[List[int], float, bool]]:
+        """`greedy` from rows whose prompts are in `state` and whose next-token logits are `logits`; with
+        `mentions_from_text`, each row's tokens are constrained to substrings of its entry in `texts`."""
         n = logits.shape[0]
+        constraints = self._constraints(texts, n)
         ids: List[List[int]] = [[] for _ in range(n)]
         logprob = [0.0] * n
         done = [False] * n
@@ -406,7 +418,8 @@ class Decoder:
         proposals: List[List[int]] = [[] for _ in range(n)]  # what each active row fed beyond its token
         active = list(range(n))
         while active:
-            best = torch.log_softmax(pending, dim=-1).max(dim=-1)
+            logprobs = torch.log_softmax(pending, dim=-1)
+            best = logprobs.max(dim=-1)
             tokens, scores = best.indices.tolist(), best.values.tolist()
             keep, segments, real = [], [], []
             lengths = state.lengths().tolist()
@@ -415,12 +428,17 @@ class Decoder:
                 offset = pending.shape[1] - (len(proposal) + 1)  # the row's segment is right-aligned
                 accepted, alive = 0, True
                 for i in range(len(proposal) + 1):
-                    tok, lp = tokens[pos][offset + i], scores[pos][offset + i]
+                    if constraints[row] is None:
+                        tok, lp = tokens[pos][offset + i], scores[pos][offset + i]
+                    else:
+                        tok, lp = self._constrained(logprobs[pos, offset + i], constraints[row])
                     stats[row_docs[row]].generated_tokens += 1
                     if tok in self.eos_ids:
                         done[row], alive = True, False
                         break
                     ids[row].append(tok)
+                    if constraints[row] is not None:
+                        constraints[row].advance(tok)
                     logprob[row] += lp
                     if len(ids[row]) >= self.max_new_tokens:
                         alive = False
@@ -443,6 +461,26 @@ class Decoder:
             if width == 1:
                 pending = pending[:, None, :]
         return [(ids[r], logprob[r], done[r]) for r in range(n)]
+
+    def _constraints(self, texts: Optional[List[str]], n: int) -> List[Optional[SubstringConstraint]]:
+        if not self.mentions_from_text or texts is None:
+            return [None] * n
+        if self._token_bytes is None:
+            self._token_bytes = TokenBytes(self.tokenizer)  # ~1 s once per decoder
+        return [SubstringConstraint(self._token_bytes, t) for t in texts]
+
+    def _constrained(self, logprobs: torch.Tensor, constraint: SubstringConstraint) -> Tuple[int, float]:
+        """The most probable allowed token (ties to the lowest id, as argmax) and its log-probability;
+        EOS when nothing is allowed, so a row always ends."""
+        tokens, eos = constraint.allowed()
+        if eos and self.tokenizer.eos_token_id is not None:
+            tokens = sorted(tokens + [self.tokenizer.eos_token_id])
+        tokens = [t for t in tokens if t < logprobs.shape[0]]
+        if not tokens:
+            return next(iter(self.eos_ids), self.pad_id), 0.0
+        values = logprobs[torch.as_tensor(tokens, device=logprobs.device)]
+        best = int(values.argmax())
+        return tokens[best], float(values[best])
 
     def _propose(self, decoded: List[int], source: Sequence[int]) -> List[int]:
         """The source's continuation after its first occurrence of the row's last tokens (2-gram, then
@@ -513,7 +551,7 @@ class _Ready:
         self.logits.append(logits)
         self.sources.append(source)
 
-    def decode(self, decoder: Decoder, labels: Sequence[str], stats: List[DocStats],
+    def decode(self, decoder: Decoder, texts: Sequence[str], labels: Sequence[str], stats: List[DocStats],
                out: List[List[MentionPrediction]]) -> None:
         if not self.keys:
             return
@@ -524,7 +562,7 @@ class _Ready:
             part = state if len(rows) == len(self.keys) else state.select(rows)
             keys = [self.keys[r] for r in rows]
             decoded = decoder.continue_greedy(part, logits[rows], [k[0] for k in keys], stats,
-                                              [self.sources[r] for r in rows])
+                                              [self.sources[r] for r in rows], [texts[k[0]] for k in keys])
             for (d, j, k), (ids, logprob, done) in zip(keys, decoded):
-                text = decoder.tokenizer.decode(ids, skip_special_tokens=False)
+                text = decoder.text_of(ids)
                 out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))

@@ -1,0 +1,132 @@
+"""Mentions constrained to substrings of the text (opt-in: `mentions_from_text`).
+
+A mention is copied from the text, but a small model sometimes writes a string that is not there
+("Greensham" for "Grace Road") or stops inside a word ("Leicester" for "Leicestershire"). With the
+constraint, each greedy step picks the most probable token among those that keep the mention a substring
+of the text starting at a word start, and EOS is allowed only where some occurrence ends at a word end.
+Decoding stays greedy over the allowed tokens, so the output differs from plain greedy decoding exactly
+where plain greedy would have left the text.
+
+Matching is on bytes (UTF-8 text, each token's bytes), so a character split over several byte-level tokens
+stays reachable. A token's bytes come from the tokenizer's byte-level alphabet (GPT-2, SmolLM2, Qwen) or
+from SentencePiece pieces ("\u2581" = space, "<0xNN>" = one byte); other tokenizers fall back to decoding
+one token at a time, and a token that decodes to an incomplete character is then never proposed.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+def _byte_level_alphabet() -> Dict[str, int]:
+    """GPT-2's reversible map from bytes to printable characters, inverted (character -> byte)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
+        range(ord("\xae"), ord("\xff") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None) if backend is not None else None
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
+def _token_bytes(tokenizer: Any) -> List[Optional[bytes]]:
+    n = len(tokenizer)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    out: List[Optional[bytes]] = [None] * n
+    if _is_byte_level(tokenizer):
+        alphabet = _byte_level_alphabet()
+        for i, piece in enumerate(pieces):
+            if i in special or not piece or any(ch not in alphabet for ch in piece):
+                continue  # added tokens written in plain text (e.g. "<|im_end|>") are never copied
+            out[i] = bytes(alphabet[ch] for ch in piece)
+    elif any(p and p.startswith("\u2581") for p in pieces):
+        for i, piece in enumerate(pieces):
+            if i in special or not piece:
+                continue
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out[i] = bytes([int(piece[3:5], 16)])
+            else:
+                out[i] = piece.replace("\u2581", " ").encode("utf8")
+    else:
+        for i in range(n):
+            if i in special:
+                continue
+            text = tokenizer.decode([i], clean_up_tokenization_spaces=False)
+            if text and "\ufffd" not in text:
+                out[i] = text.encode("utf8")
+    return out
+
+
+class TokenBytes:
+    """Every token's bytes, and a byte trie over them: the tokens that are a prefix of a byte string are
+    found by one walk down the trie."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.bytes = _token_bytes(tokenizer)
+        self.trie: Dict[int, Any] = {}
+        for i, b in enumerate(self.bytes):
+            if not b:
+                continue
+            node = self.trie
+            for byte in b:
+                node = node.setdefault(byte, {})
+            node.setdefault(-1, []).append(i)  # key -1: the tokens that end here
+
+    def prefixes_of(self, data: bytes, start: int, into: set) -> None:
+        """Add to `into` every token whose bytes are a prefix of data[start:]."""
+        node = self.trie
+        for pos in range(start, len(data)):
+            node = node.get(data[pos])
+            if node is None:
+                return
+            into.update(node.get(-1, ()))
+
+
+def word_bounds(text: str) -> Tuple[List[int], set]:
+    """Byte offsets where a mention may start (a non-space character that does not continue a word) and
+    where it may end (after a non-space character, not inside a word)."""
+    offsets = [0]
+    for ch in text:
+        offsets.append(offsets[-1] + len(ch.encode("utf8")))
+
+    def inside(i: int) -> bool:  # between two word characters
+        return 0 < i < len(text) and text[i - 1].isalnum() and text[i].isalnum()
+
+    starts = [offsets[i] for i in range(len(text)) if not text[i].isspace() and not inside(i)]
+    ends = {offsets[i] for i in range(1, len(text) + 1) if not text[i - 1].isspace() and not inside(i)}
+    return starts, ends
+
+
+class SubstringConstraint:
+    """The allowed next tokens of one mention row, advanced token by token."""
+
+    def __init__(self, vocab: TokenBytes, text: str) -> None:
+        self.vocab = vocab
+        self.data = text.encode("utf8")
+        self.matches, self.ends = word_bounds(text)  # occurrences of the mention so far: start offsets
+        self.length = 0  # bytes of the mention so far
+
+    def allowed(self) -> Tuple[List[int], bool]:
+        """(tokens that keep the mention a substring of the text, whether EOS may end it here)."""
+        tokens: set = set()
+        for start in self.matches:
+            self.vocab.prefixes_of(self.data, start + self.length, tokens)
+        eos = self.length > 0 and any(start + self.length in self.ends for start in self.matches)
+        return sorted(tokens), eos
+
+    def advance(self, token: int) -> None:
+        piece = self.vocab.bytes[token] if token < len(self.vocab.bytes) else None
+        if not piece:
+            self.matches = []
+            return
+        end = self.length + len(piece)
+        self.matches = [s for s in self.matches if self.data[s + self.length: s + end] == piece]
+        self.length = end
