@@ -24,8 +24,7 @@ def _annotate(args: argparse.Namespace) -> int:
     config = {"model": args.model, "adapter": args.adapter if args.adapter is not None else DEFAULT_CONFIG["adapter"]}
     if args.labels:
         config["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
-    if args.mentions_from_text:
-        config["mentions_from_text"] = True
+    config["mentions_from_text"] = args.mentions_from_text
     nlp = spacy.blank(args.lang)
     nlp.add_pipe("padellm_ner", config=config)
     docs = list(nlp.pipe(texts, batch_size=args.batch_size))

@@ -16,18 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+
 def _byte_level_alphabet() -> Dict[str, int]:
     """GPT-2's reversible map from bytes to printable characters, inverted (character -> byte)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
-        range(ord("\xae"), ord("\xff") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
 def _is_byte_level(tokenizer: Any) -> bool:
