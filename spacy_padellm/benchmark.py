@@ -139,6 +139,10 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                 prf = string_prf((strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold))
                 span = get_ner_prf([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
                 result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"])
+                if "padellm" in names:  # F1 hides flips that cancel; count the documents whose output differs
+                    pairs = zip(outputs[name], outputs["padellm"])
+                    same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
+                    result["methods"][name]["docs_same_as_padellm"] = same / len(gold)
     if "padellm" in names:
         base = result["methods"]["padellm"]["by_batch_size"]
         result["speedup_vs"] = {}
@@ -175,12 +179,13 @@ def device_description() -> str:
 
 def table(result: Dict[str, Any]) -> str:
     lines = [f"{'method':<18} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} {'docs/s':>8} {'passes':>7} {'prompt':>7} "
-             f"{'gen':>6} {'F1 str':>7} {'F1 span':>7}"]
+             f"{'gen':>6} {'F1 str':>7} {'F1 span':>7} {'same %':>6}"]
     for name, m in result["methods"].items():
         for bs, e in m["by_batch_size"].items():
             lines.append(f"{name:<18} {bs:>3} {e['latency_ms_p50']:9.1f} {e['latency_ms_p90']:9.1f} "
                          f"{e['docs_per_s']:8.2f} {e['forward_passes_mean']:7.1f} {e['prompt_tokens_mean']:7.1f} "
-                         f"{e['generated_tokens_mean']:6.1f} {100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f}")
+                         f"{e['generated_tokens_mean']:6.1f} {100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f} "
+                         f"{100 * m.get('docs_same_as_padellm', float('nan')):6.1f}")
     for name, by in result.get("speedup_vs", {}).items():
         lines.append(f"padellm vs {name}: " + ", ".join(f"bs {bs}: {x:.2f}x" for bs, x in by.items()))
     return "\n".join(lines)

@@ -46,6 +46,9 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     p, r = result["methods"]["padellm"], result["methods"]["padellm_reference"]
     assert abs(p["f1_string"] - r["f1_string"]) < 1e-9
     assert abs(p["f1_string"] - result["methods"]["padellm_rows"]["f1_string"]) < 1e-9
+    assert p["docs_same_as_padellm"] == 1.0
+    assert result["methods"]["padellm_rows"]["docs_same_as_padellm"] == 1.0
+    assert result["methods"]["padellm_reference"]["docs_same_as_padellm"] == 1.0
     # per-stage breakdown for both engine variants: the tree path spends its first pass on "prompt" only
     stages = p["by_batch_size"]["1"]["stages"]
     assert stages["prompt"]["passes_per_batch"] == 1.0 and stages["prompt"]["ms_per_doc"] > 0

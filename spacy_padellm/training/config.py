@@ -20,9 +20,10 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: Union[str, List[str]] = "all-linear"
-    # LoRA only on layers >= this index: backward stops there. On SmolLM2 (30 layers) LoRA on the top 15
-    # trained 1.8x faster per token than on all (measured, 2 threads, bf16); 0 = every layer.
-    lora_first_layer: int = 15
+    # LoRA only on layers >= this index: backward stops there. 0 = every layer, the default: on SmolLM2
+    # (30 layers) the top 15 alone trained ~1.45x faster per step but learned far slower per step (dev F1
+    # 81.4 after 2,019 steps vs 89.9 after 1,250 on all layers; README).
+    lora_first_layer: int = 0
     # optimisation
     lr: float = 5e-4  # LoRA on a 135M model tolerates a high rate; warmup keeps the start stable
     warmup_steps: int = 30
