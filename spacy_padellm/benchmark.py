@@ -28,9 +28,7 @@ METHODS = ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring", "pade
 ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
                   "padellm_fp32": {"dtype": "float32"}, "padellm_substring": {"mentions_from_text": True}}
 PACKAGE = Path(__file__).resolve().parent
-ADAPTERS = {"padellm": PACKAGE / "default_adapter", "padellm_rows": PACKAGE / "default_adapter",
-            "padellm_fp32": PACKAGE / "default_adapter", "padellm_substring": PACKAGE / "default_adapter",
-            "padellm_reference": PACKAGE / "default_adapter",
+ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*ENGINE_CONFIGS, "padellm_reference")},
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
 Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]

@@ -473,8 +473,8 @@ class Decoder:
         """The most probable allowed token (ties to the lowest id, as argmax) and its log-probability;
         EOS when nothing is allowed, so a row always ends."""
         tokens, eos = constraint.allowed()
-        if eos and self.tokenizer.eos_token_id is not None:
-            tokens = sorted(tokens + [self.tokenizer.eos_token_id])
+        if eos:
+            tokens = sorted(set(tokens) | self.eos_ids)
         tokens = [t for t in tokens if t < logprobs.shape[0]]
         if not tokens:
             return next(iter(self.eos_ids), self.pad_id), 0.0
