@@ -31,6 +31,7 @@ PACKAGE = Path(__file__).resolve().parent
 ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*ENGINE_CONFIGS, "padellm_reference")},
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
+STATS = ("forward_passes", "prompt_tokens", "generated_tokens", "sequences", "sequence_tokens")
 Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]
 
 
@@ -63,9 +64,7 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
             if name in ENGINE_CONFIGS:
                 def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
                     out = list(nlp.pipe([_copy(d) for d in docs], batch_size=len(docs)))
-                    return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in
-                                                       ("forward_passes", "prompt_tokens", "generated_tokens")})
-                            for d in out]
+                    return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in STATS}) for d in out]
                 run.decoder = pipe.decoder  # type: ignore[attr-defined]  # per-stage timings
             else:
                 ref = ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
@@ -126,7 +125,10 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
             entry = {"latency_ms_p50": statistics.median(lat), "latency_ms_p90": _quantile(lat, 0.9),
                      "docs_per_s": len(gold) / sum(times[name]),
                      **{f"{k}_mean": statistics.fmean(s[k] for s in stats)
-                        for k in ("forward_passes", "prompt_tokens", "generated_tokens")}}
+                        for k in ("forward_passes", "prompt_tokens", "generated_tokens")},
+                     # the paper's "sequence length": tokens per output sequence, over all sequences
+                     "sequence_tokens_mean": sum(s["sequence_tokens"] for s in stats)
+                     / max(1, sum(s["sequences"] for s in stats))}
             decoder = getattr(runners[name], "decoder", None)
             if decoder is not None:  # where the time goes: per stage, ms per doc and passes per batch
                 entry["stages"] = {stage: {"ms_per_doc": 1000 * sec / len(gold),
@@ -177,12 +179,13 @@ def device_description() -> str:
 
 def table(result: Dict[str, Any]) -> str:
     lines = [f"{'method':<18} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} {'docs/s':>8} {'passes':>7} {'prompt':>7} "
-             f"{'gen':>6} {'F1 str':>7} {'F1 span':>7} {'same %':>6}"]
+             f"{'gen':>6} {'seq':>5} {'F1 str':>7} {'F1 span':>7} {'same %':>6}"]
     for name, m in result["methods"].items():
         for bs, e in m["by_batch_size"].items():
             lines.append(f"{name:<18} {bs:>3} {e['latency_ms_p50']:9.1f} {e['latency_ms_p90']:9.1f} "
                          f"{e['docs_per_s']:8.2f} {e['forward_passes_mean']:7.1f} {e['prompt_tokens_mean']:7.1f} "
-                         f"{e['generated_tokens_mean']:6.1f} {100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f} "
+                         f"{e['generated_tokens_mean']:6.1f} {e['sequence_tokens_mean']:5.1f} "
+                         f"{100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f} "
                          f"{100 * m.get('docs_same_as_padellm', float('nan')):6.1f}")
     for name, by in result.get("speedup_vs", {}).items():
         lines.append(f"padellm vs {name}: " + ", ".join(f"bs {bs}: {x:.2f}x" for bs, x in by.items()))

@@ -266,7 +266,7 @@ class PaDeLLMNER(Pipe):
         labels = list(self.labels)
         for doc, chunk_preds in zip(docs, predictions):
             aligned, kept, missing, dropped, unfinished = [], [], [], [], []
-            stats = dict(forward_passes=0, prompt_tokens=0, generated_tokens=0)
+            stats = dict(forward_passes=0, prompt_tokens=0, generated_tokens=0, sequences=0, sequence_tokens=0)
             counts: Dict[str, int] = {}
             raw: Dict[str, List[str]] = {}
             for chunk in chunk_preds:
@@ -282,8 +282,8 @@ class PaDeLLMNER(Pipe):
                 kept += mentions
                 unfinished += [m for m in pred.mentions if not m.finished]
                 stats["forward_passes"] += chunk.passes
-                stats["prompt_tokens"] += pred.stats.get("prompt_tokens", 0)
-                stats["generated_tokens"] += pred.stats.get("generated_tokens", 0)
+                for key in ("prompt_tokens", "generated_tokens", "sequences", "sequence_tokens"):
+                    stats[key] += pred.stats.get(key, 0)
                 for label, n in pred.counts.items():
                     counts[label] = counts.get(label, 0) + n
                     raw.setdefault(label, []).append(pred.raw_counts[label])

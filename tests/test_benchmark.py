@@ -39,6 +39,10 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
             e = m["by_batch_size"][bs]
             assert e["latency_ms_p50"] > 0 and e["latency_ms_p90"] >= e["latency_ms_p50"] and e["docs_per_s"] > 0
             assert e["forward_passes_mean"] >= 1 and e["prompt_tokens_mean"] > 0 and e["generated_tokens_mean"] > 0
+            assert e["sequence_tokens_mean"] > 0
+    for fmt in ("autoreg_struct", "autoreg_aug"):  # one output sequence per document
+        e = result["methods"][fmt]["by_batch_size"]["1"]
+        assert e["sequence_tokens_mean"] == e["generated_tokens_mean"]
     assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference",
                                          "autoreg_struct", "autoreg_aug"}
     assert all(set(v) == {"1", "2"} for v in result["speedup_vs"].values())

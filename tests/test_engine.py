@@ -206,3 +206,13 @@ def test_count_bias_moves_counts_off_zero(tiny_llama, tree):
     mild = [Decoder(model, tok, get_template("en"), max_new_tokens=2, tree=t, count_bias=0.05).predict(
         texts, LABELS, [3] * 3) for t in (True, False)]
     assert [as_tuples(p) for p in mild[0]] == [as_tuples(p) for p in mild[1]]
+
+
+def test_output_sequences_count_the_papers_sequences():
+    """One sequence per (label, mention), one per label without mentions; each holds the count's digits and
+    the token ending them, then the mention's tokens and its EOS (none when cut at max_new_tokens)."""
+    from spacy_padellm.engine.decoder import MentionPrediction, output_sequences
+
+    mentions = [MentionPrediction("PER", 1, "Ada", -0.1, 2, True), MentionPrediction("PER", 2, "Bob", -0.2, 3, False)]
+    assert output_sequences({"PER": "2", "LOC": "0", "ORG": ""}, mentions) == (4, (2 + 3) + (2 + 3) + 2 + 1)
+    assert output_sequences({}, []) == (0, 0)

@@ -56,7 +56,8 @@ class AutoregNER:
             text = self.decoder.text_of(ids, skip_special_tokens=True)
             out.append((self.parse(text, self.labels), dict(forward_passes=st.forward_passes,
                                                             prompt_tokens=st.prompt_tokens,
-                                                            generated_tokens=st.generated_tokens)))
+                                                            generated_tokens=st.generated_tokens, sequences=1,
+                                                            sequence_tokens=st.generated_tokens)))
         return out
 
 

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from transformers import LogitsProcessorList
 
-from ..engine.decoder import MAX_COUNT_DIGITS, Decoder, MentionPrediction
+from ..engine.decoder import MAX_COUNT_DIGITS, Decoder, MentionPrediction, output_sequences
+from ..engine.precision import inference_precision
 from ..prompts import get_template
 
 
@@ -42,7 +43,7 @@ class ReferencePaDeLLM:
             return dec._bias_first(scores) if input_ids.shape[1] == width else scores
 
         processors = [first_count_bias] if bias_first and dec.count_bias else []
-        with torch.inference_mode():
+        with torch.inference_mode(), inference_precision(self.model):  # the engine's precision, for fairness
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                       eos_token_id=stop, pad_token_id=pad, return_dict_in_generate=True,
                                       output_scores=True, logits_processor=LogitsProcessorList(processors))
@@ -72,9 +73,11 @@ class ReferencePaDeLLM:
         digits, _, passes, generated = self._generate(prompts, MAX_COUNT_DIGITS + 1,
                                                       sorted(self.dec.eos_ids) + self.newline, bias_first=True)
         requests = []
+        raw_counts: List[Dict[str, str]] = [{} for _ in texts]
         for (d, lab), ids in zip(rows, digits):
             text = "".join(self.dec.digit_ids.get(i, "x") for i in ids)
             count = int(text) if text.isdigit() else 0
+            raw_counts[d][lab] = text if text.isdigit() else ""
             requests += [(d, lab, min(count, max_counts[d]), k) for k in range(1, min(count, max_counts[d]) + 1)]
         for d in range(len(texts)):
             stats[d]["forward_passes"] += passes
@@ -92,4 +95,6 @@ class ReferencePaDeLLM:
                 stats[d]["generated_tokens"] += n
             for d in {r[0] for r in requests}:
                 stats[d]["forward_passes"] += passes
+        for d in range(len(texts)):
+            stats[d]["sequences"], stats[d]["sequence_tokens"] = output_sequences(raw_counts[d], mentions[d])
         return list(zip(mentions, stats))

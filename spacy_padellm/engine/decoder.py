@@ -53,6 +53,22 @@ class DocStats:
     generated_tokens: int = 0
 
 
+def output_sequences(raw_counts: Dict[str, str], mentions: Sequence[MentionPrediction]) -> Tuple[int, int]:
+    """The paper's output sequences of one text, and their tokens in all: one sequence per (label,
+    mention), or one per label without mentions, each `{count}\n<mention k>{mention}<eos>` less the
+    template's `\n<mention k>` (count digits and the token ending them, mention tokens, EOS). The paper
+    compares the mean length of these with autoregressive NER's single sequence (~13% on its data)."""
+    lengths: Dict[str, List[int]] = {}
+    for m in mentions:
+        lengths.setdefault(m.label, []).append(m.n_tokens + int(m.finished))
+    n = tokens = 0
+    for label, raw in raw_counts.items():
+        per_mention = lengths.get(label) or [0]
+        n += len(per_mention)
+        tokens += sum(len(raw) + 1 + t for t in per_mention)
+    return n, tokens
+
+
 @dataclass(frozen=True)
 class DocPrediction:
     counts: Dict[str, int]
@@ -143,12 +159,14 @@ class Decoder:
         out = []
         for d in range(len(texts)):
             rows = [r for r, (dd, _) in enumerate(label_rows) if dd == d]
+            raw_counts = {labels[label_rows[r][1]]: raw[r] for r in rows}
+            sequences, sequence_tokens = output_sequences(raw_counts, mentions[d])
             out.append(DocPrediction(
                 counts={labels[label_rows[r][1]]: min(counts[r], max_counts[d]) for r in rows},
-                raw_counts={labels[label_rows[r][1]]: raw[r] for r in rows},
-                mentions=tuple(mentions[d]),
+                raw_counts=raw_counts, mentions=tuple(mentions[d]),
                 stats=dict(forward_passes=stats[d].forward_passes, prompt_tokens=stats[d].prompt_tokens,
-                           generated_tokens=stats[d].generated_tokens)))
+                           generated_tokens=stats[d].generated_tokens, sequences=sequences,
+                           sequence_tokens=sequence_tokens)))
         return out
 
     def count_step(self, prompts: List[List[List[int]]], stats: List[DocStats]

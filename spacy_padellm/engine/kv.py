@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from .precision import inference_precision, output_logits
+
 
 @dataclass(frozen=True)
 class KVState:
@@ -106,11 +108,17 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     positions = positions.clamp(min=0)
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
     cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
-    kwargs = {"logits_to_keep": n_logits} if _accepts_logits_to_keep(model) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, **kwargs)
-    logits = out.logits[:, -1, :].float() if n_logits == 1 else out.logits[:, -n_logits:, :].float()
-    return logits, KVState(_layers(out.past_key_values), mask)
+    with inference_precision(model):
+        if supports_tree(model):  # a plain output layer: ours scores the winning candidates in float32
+            out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                   past_key_values=cache, use_cache=True)
+            logits = output_logits(model, out.last_hidden_state[:, -n_logits:, :])
+        else:
+            kwargs = {"logits_to_keep": n_logits} if _accepts_logits_to_keep(model) else {}
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, **kwargs)
+            logits = out.logits[:, -n_logits:, :].float()
+    return (logits[:, -1, :] if n_logits == 1 else logits), KVState(_layers(out.past_key_values), mask)
 
 
 def _layers(past: Any) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
@@ -264,14 +272,15 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
     cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
-    out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
-                           position_ids=positions.to(device), past_key_values=cache, use_cache=True)
-    hidden = out.last_hidden_state
-    flat_rows = [i for i, w in enumerate(want) for _ in w]
-    flat_cols = [width - len(tries[i].tokens) + n for i, w in enumerate(want) for n in w]
-    picked = hidden[torch.as_tensor(flat_rows, dtype=torch.long, device=device),
-                    torch.as_tensor(flat_cols, dtype=torch.long, device=device)]
-    logits = model.get_output_embeddings()(picked).float()
+    with inference_precision(model):
+        out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
+                               position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+        hidden = out.last_hidden_state
+        flat_rows = [i for i, w in enumerate(want) for _ in w]
+        flat_cols = [width - len(tries[i].tokens) + n for i, w in enumerate(want) for n in w]
+        picked = hidden[torch.as_tensor(flat_rows, dtype=torch.long, device=device),
+                        torch.as_tensor(flat_cols, dtype=torch.long, device=device)]
+        logits = output_logits(model, picked)
     per_row, start = [], 0
     for w in want:
         per_row.append(logits[start: start + len(w)])
