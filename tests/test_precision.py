@@ -76,3 +76,14 @@ def test_bf16_engine_decodes_with_float32_logits(tiny_llama, tree):
     stepped, _ = extend(model, state, [ids[-3:]], dec.pad_id)
     assert whole.dtype == torch.float32
     assert torch.allclose(whole, stepped, atol=0.1)
+
+
+@pytest.mark.parametrize("family", ["tiny_qwen2", "tiny_gpt2"])
+def test_other_families_run_in_bf16(family, request):
+    """qwen2 takes the float32 residual stream like llama; GPT-2's LayerNorm rejects mixed dtypes on CPU,
+    so it keeps all-bf16 activations (and the row path) instead of crashing."""
+    model, tok = load(request.getfixturevalue(family), torch.bfloat16)
+    dec = Decoder(model, tok, get_template("en"), max_new_tokens=3)
+    assert dec.tree == (family == "tiny_qwen2")
+    preds = dec.predict(SENTENCES[:2], LABELS, [2, 2])
+    assert all(set(p.counts) == set(LABELS) for p in preds)

@@ -21,6 +21,12 @@ import torch
 RESCORED = 8
 
 
+# Families whose norms compute in float32 and multiply by their bf16 weight (RMSNorm: dtypes promote), so
+# a float32 residual stream passes through them. LayerNorm (GPT-2) rejects mixed dtypes on CPU: those
+# families run all-bf16 as before.
+FLOAT32_RESIDUAL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
 def is_bf16(model: Any) -> bool:
     return next(model.parameters()).dtype == torch.bfloat16
 
@@ -31,10 +37,10 @@ def _float32_output(module: Any, args: Any, output: torch.Tensor) -> torch.Tenso
 
 @contextlib.contextmanager
 def inference_precision(model: Any) -> Iterator[None]:
-    """Around a forward pass (or `generate`) of `model`: a no-op for float32 weights; for bf16 weights,
+    """Around a forward pass (or `generate`) of `model`: for bf16 weights of FLOAT32_RESIDUAL_TYPES,
     embeddings come out in float32 (so every residual add and norm runs in float32) and autocast feeds
-    the matmuls bf16 operands."""
-    if not is_bf16(model):
+    the matmuls bf16 operands. Other families and dtypes: a no-op."""
+    if not is_bf16(model) or getattr(model.config, "model_type", None) not in FLOAT32_RESIDUAL_TYPES:
         yield
         return
     handle = model.get_input_embeddings().register_forward_hook(_float32_output)
