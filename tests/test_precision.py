@@ -76,6 +76,27 @@ def test_bf16_engine_decodes_with_float32_logits(tiny_llama, tree):
     stepped, _ = extend(model, state, [ids[-3:]], dec.pad_id)
     assert whole.dtype == torch.float32
     assert torch.allclose(whole, stepped, atol=0.1)
+    assert all(k.dtype == v.dtype == torch.bfloat16 for k, v in state.layers)  # a bf16 cache
+
+
+def test_bf16_cache_changes_no_number(tiny_llama):
+    """Attention casts its operands to bf16 under autocast: a cache stored in bf16 gives the same logits
+    as one holding the float32 keys of the rotary step."""
+    import spacy_padellm.engine.precision as precision
+    from transformers import DynamicCache
+
+    model, tok = load(tiny_llama, torch.bfloat16)
+    ids = tok("Paris is in France and Berlin is in Germany .")["input_ids"]
+    out = []
+    for cache_class in (precision.Bf16Cache, DynamicCache):
+        original, precision.Bf16Cache = precision.Bf16Cache, cache_class
+        try:
+            _, state = extend(model, None, [ids[:-4]], 0)
+            out.append(extend(model, state, [ids[-4:]], 0, n_logits=4)[0])
+        finally:
+            precision.Bf16Cache = original
+        assert state.layers[0][0].dtype == (torch.bfloat16 if cache_class is original else torch.float32)
+    assert torch.equal(out[0], out[1])
 
 
 @pytest.mark.parametrize("family", ["tiny_qwen2", "tiny_gpt2"])

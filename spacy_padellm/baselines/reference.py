@@ -9,7 +9,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..engine.decoder import MAX_COUNT_DIGITS, Decoder, MentionPrediction, output_sequences
-from ..engine.precision import inference_precision
+from ..engine.precision import inference_precision, new_cache
 from ..prompts import get_template
 
 
@@ -46,7 +46,8 @@ class ReferencePaDeLLM:
         with torch.inference_mode(), inference_precision(self.model):  # the engine's precision, for fairness
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
                                       eos_token_id=stop, pad_token_id=pad, return_dict_in_generate=True,
-                                      output_scores=True, logits_processor=LogitsProcessorList(processors))
+                                      output_scores=True, logits_processor=LogitsProcessorList(processors),
+                                      past_key_values=new_cache(self.model))
         new = out.sequences[:, width:].tolist()
         logp = [torch.log_softmax(s.float(), dim=-1) for s in out.scores]
         seqs, scores, generated = [], [], []

@@ -13,9 +13,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
-from .precision import inference_precision, output_logits
+from .precision import inference_precision, new_cache, output_logits
 
 
 @dataclass(frozen=True)
@@ -107,7 +106,7 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     positions = past_len[:, None] + seg_mask.cumsum(dim=1) - 1
     positions = positions.clamp(min=0)
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
-    cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
+    cache = new_cache(model, state.layers if state is not None else None)
     with inference_precision(model):
         if supports_tree(model):  # a plain output layer: ours scores the winning candidates in float32
             out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -271,7 +270,7 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
         allowed[i, pad, cached + pad] = True
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    cache = DynamicCache.from_legacy_cache(state.layers if state is not None else None)
+    cache = new_cache(model, state.layers if state is not None else None)
     with inference_precision(model):
         out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
                                position_ids=positions.to(device), past_key_values=cache, use_cache=True)

@@ -4,17 +4,18 @@ float32 scores for the tokens that can win.
 Pure bf16 (every activation rounded to 8 mantissa bits) made the result depend on how rows were packed:
 the tree engine and the plain row-per-sequence engine, same weights, disagreed on 4 of 100 CoNLL dev docs
 (string F1 87.26 vs 87.80), because a different packing rounds the residual stream differently and a
-near-tie between two tokens then flips. Keeping the residual stream, the norms and the rotary positions
-in float32 (the matmuls still take bf16 operands, through autocast) and scoring the top candidates of
-every next-token distribution in float32 made the two engines agree on all 100 docs (the benchmark's
-sample; its `same %` column keeps checking it).
+near-tie between two tokens then flips. Keeping the residual stream, the norms and the rotary step in
+float32 (matmuls and attention still take bf16 operands, through autocast, and the cache stays bf16) and
+scoring the top candidates of every next-token distribution in float32 made the two engines agree on all
+100 docs (the benchmark's sample; its `same %` column keeps checking it).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
+from transformers import DynamicCache
 
 # Candidates per position rescored in float32. A token outside the bf16 top 8 cannot be the greedy pick
 # unless 8 others sit within one bf16 rounding step (~0.4%) of the best: never seen on CoNLL dev.
@@ -35,12 +36,33 @@ def _float32_output(module: Any, args: Any, output: torch.Tensor) -> torch.Tenso
     return output.float()
 
 
+def float32_residual(model: Any) -> bool:
+    """Whether `inference_precision` runs this model with bf16 matmuls around a float32 residual stream."""
+    return is_bf16(model) and getattr(model.config, "model_type", None) in FLOAT32_RESIDUAL_TYPES
+
+
+class Bf16Cache(DynamicCache):
+    """A DynamicCache that stores keys and values in bf16. Under autocast, attention casts its operands to
+    bf16 anyway, so the numbers are the same; but a float32 key (the rotary step multiplies by float32
+    cos/sin) would double the cache and be cast again, whole, in every later pass."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        return super().update(key_states.to(torch.bfloat16), value_states.to(torch.bfloat16), layer_idx,
+                              cache_kwargs)
+
+
+def new_cache(model: Any, layers: Optional[Any] = None) -> DynamicCache:
+    """The cache a forward pass of `model` should extend, holding `layers` ((key, value) per layer)."""
+    return (Bf16Cache if float32_residual(model) else DynamicCache).from_legacy_cache(layers)
+
+
 @contextlib.contextmanager
 def inference_precision(model: Any) -> Iterator[None]:
     """Around a forward pass (or `generate`) of `model`: for bf16 weights of FLOAT32_RESIDUAL_TYPES,
     embeddings come out in float32 (so every residual add and norm runs in float32) and autocast feeds
     the matmuls bf16 operands. Other families and dtypes: a no-op."""
-    if not is_bf16(model) or getattr(model.config, "model_type", None) not in FLOAT32_RESIDUAL_TYPES:
+    if not float32_residual(model):
         yield
         return
     handle = model.get_input_embeddings().register_forward_hook(_float32_output)
