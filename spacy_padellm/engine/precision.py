@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 from transformers import DynamicCache
 
-# Candidates per position rescored in float32. A token outside the bf16 top 8 cannot be the greedy pick
-# unless 8 others sit within one bf16 rounding step (~0.4%) of the best: never seen on CoNLL dev.
+# Candidates per position rescored in float32. A token outside the bf16 top 8 can only be the true greedy
+# pick when 8 others sit within one bf16 rounding step (~0.4%) of the best.
 RESCORED = 8
 
 
