@@ -31,7 +31,8 @@ PACKAGE = Path(__file__).resolve().parent
 ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*ENGINE_CONFIGS, "padellm_reference")},
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
-STATS = ("forward_passes", "prompt_tokens", "generated_tokens", "sequences", "sequence_tokens")
+PER_DOC = ("forward_passes", "prompt_tokens", "generated_tokens")  # reported as means per document
+STATS = (*PER_DOC, "sequences", "sequence_tokens")
 Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]
 
 
@@ -125,7 +126,7 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
             entry = {"latency_ms_p50": statistics.median(lat), "latency_ms_p90": _quantile(lat, 0.9),
                      "docs_per_s": len(gold) / sum(times[name]),
                      **{f"{k}_mean": statistics.fmean(s[k] for s in stats)
-                        for k in ("forward_passes", "prompt_tokens", "generated_tokens")},
+                        for k in PER_DOC},
                      # the paper's "sequence length": tokens per output sequence, over all sequences
                      "sequence_tokens_mean": sum(s["sequence_tokens"] for s in stats)
                      / max(1, sum(s["sequences"] for s in stats))}

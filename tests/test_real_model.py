@@ -3,6 +3,8 @@ the component with no config at all, on real sentences (not from CoNLL)."""
 import pytest
 import spacy
 
+from spacy_padellm.benchmark import ENGINE_CONFIGS
+
 SENTENCES = [
     "Barack Obama visited Berlin with Angela Merkel.",
     "Apple and Microsoft opened offices in Seattle and London.",
@@ -50,7 +52,7 @@ def test_tree_engine_equals_plain_greedy_in_bf16():
     scores. Pure bf16 activations made the two disagree on 4 of 100 CoNLL dev docs; engine/precision.py."""
     texts = SENTENCES + ["The European Union and NATO held talks in Brussels, said Jens Stoltenberg."]
     found = []
-    for config in ({}, {"tree": False, "speculate": 0, "count_guesses": 0}):
+    for config in (ENGINE_CONFIGS["padellm"], ENGINE_CONFIGS["padellm_rows"]):
         nlp = spacy.blank("en")
         nlp.add_pipe("padellm_ner", config=config)
         found.append([([(s.text, s.label_) for s in doc.spans["padellm"]], doc.spans["padellm"].attrs["scores"])
