@@ -137,9 +137,12 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                                    for stage, sec in decoder.stage_seconds.items()}
             result["methods"][name]["by_batch_size"][str(bs)] = entry
             if "f1_string" not in result["methods"][name]:
-                prf = string_prf((strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold))
+                pairs = [(strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold)]
+                prf = string_prf(pairs)
                 span = get_ner_prf([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
-                result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"])
+                result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"],
+                                               p_string=prf.precision, r_string=prf.recall,
+                                               f1_string_by_label=string_f1_by_label(pairs))
                 if "padellm" in names:  # F1 hides flips that cancel; count the documents whose output differs
                     pairs = zip(outputs[name], outputs["padellm"])
                     same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
@@ -155,6 +158,13 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                 str(bs): (other[str(bs)]["latency_ms_p50"] / base[str(bs)]["latency_ms_p50"] if bs == 1
                           else base[str(bs)]["docs_per_s"] / other[str(bs)]["docs_per_s"]) for bs in batch_sizes}
     return result
+
+
+def string_f1_by_label(pairs: Sequence[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]]) -> Dict[str, float]:
+    """The paper's string F1 per label (over gold and predicted labels): where a quality gap comes from."""
+    labels = sorted({label for pred, ref in pairs for label, _ in pred | ref})
+    return {label: string_prf(({p for p in pred if p[0] == label}, {r for r in ref if r[0] == label})
+                              for pred, ref in pairs).fscore for label in labels}
 
 
 def _quantile(values: List[float], q: float) -> float:
@@ -205,6 +215,17 @@ def stage_table(result: Dict[str, Any]) -> str:
                 st = e["stages"].get(stage, {"ms_per_doc": 0.0, "passes_per_batch": 0.0})
                 cells.append(f"{st['ms_per_doc']:18.1f} {st['passes_per_batch']:6.2f}")
             lines.append(f"{name:<14} {bs:>3} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def quality_table(result: Dict[str, Any]) -> str:
+    """String precision, recall and F1 per method, and string F1 per label."""
+    labels = sorted({label for m in result["methods"].values() for label in m.get("f1_string_by_label", {})})
+    lines = [f"{'method':<18} {'P str':>7} {'R str':>7} {'F1 str':>7} " + " ".join(f"{label:>7}" for label in labels)]
+    for name, m in result["methods"].items():
+        by_label = m.get("f1_string_by_label", {})
+        lines.append(f"{name:<18} {100 * m['p_string']:7.2f} {100 * m['r_string']:7.2f} {100 * m['f1_string']:7.2f} "
+                     + " ".join(f"{100 * by_label.get(label, 0.0):7.2f}" for label in labels))
     return "\n".join(lines)
 
 

@@ -91,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     import spacy
 
-    from .benchmark import benchmark, build_methods, plot, save, stage_table, table
+    from .benchmark import benchmark, build_methods, plot, quality_table, save, stage_table, table
     from .errors import Errors, PaDeLLMError
     from .training.readers import read_any
 
@@ -108,6 +108,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     result["command"] = "python -m spacy_padellm " + " ".join(args.argv)
     print(table(result))
     print(stage_table(result))
+    print(quality_table(result))
     if args.out:
         save(result, args.out)
     if args.plot:

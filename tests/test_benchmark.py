@@ -35,6 +35,8 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
                                       "padellm_reference", "autoreg_struct", "autoreg_aug"}
     for m in result["methods"].values():
         assert 0.0 <= m["f1_string"] <= 1.0 and 0.0 <= m["f1_span"] <= 1.0
+        assert 0.0 <= m["p_string"] <= 1.0 and 0.0 <= m["r_string"] <= 1.0
+        assert set(m["f1_string_by_label"]) <= set(LABELS) and {"PER", "ORG", "LOC"} <= set(m["f1_string_by_label"])
         for bs in ("1", "2"):
             e = m["by_batch_size"][bs]
             assert e["latency_ms_p50"] > 0 and e["latency_ms_p90"] >= e["latency_ms_p50"] and e["docs_per_s"] > 0
@@ -58,7 +60,18 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     assert stages["prompt"]["passes_per_batch"] == 1.0 and stages["prompt"]["ms_per_doc"] > 0
     assert result["methods"]["padellm_rows"]["by_batch_size"]["1"]["stages"]["prompt"]["passes_per_batch"] == 2.0
     assert png.stat().st_size > 1000
-    assert "padellm vs autoreg_struct" in proc.stdout
+    assert "padellm vs autoreg_struct" in proc.stdout and "R str" in proc.stdout
+
+
+def test_string_f1_by_label_scores_each_label_alone():
+    from spacy_padellm.benchmark import string_f1_by_label
+
+    pairs = [({("PER", "Ada"), ("LOC", "Rome")}, {("PER", "Ada"), ("LOC", "Paris")}),
+             ({("ORG", "Acme")}, {("PER", "Bob")})]
+    by_label = string_f1_by_label(pairs)
+    assert set(by_label) == {"PER", "LOC", "ORG"}
+    assert abs(by_label["PER"] - 2 / 3) < 1e-9  # tp 1, fn 1 (Bob)
+    assert by_label["LOC"] == 0.0 and by_label["ORG"] == 0.0
 
 
 def test_missing_baseline_adapter_is_a_coded_error(tmp_path, tiny_llama):

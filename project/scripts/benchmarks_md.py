@@ -4,7 +4,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from spacy_padellm.benchmark import stage_table, table
+from spacy_padellm.benchmark import quality_table, stage_table, table
 
 result = json.loads(Path(sys.argv[1]).read_text())
 out = Path(sys.argv[2])
@@ -25,6 +25,9 @@ lines = [
     "(prompt = text + label prompts, count = count digits, mention_prompt = the mention prompts' prefill,",
     "mention = greedy mention tokens).", "",
     "```", stage_table(result), "```", "",
+    "## Where the F1 comes from", "",
+    "The paper's string metric per method: precision, recall, F1, and F1 per label.", "",
+    "```", quality_table(result), "```", "",
     "![benchmark](benchmarks/benchmark.png)", ""]
 out.write_text("\n".join(lines), encoding="utf8")
 print(f"-> {out}")
