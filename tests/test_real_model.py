@@ -60,3 +60,23 @@ def test_tree_engine_equals_plain_greedy_in_bf16():
     for (spans, scores), (plain_spans, plain_scores) in zip(*found):
         assert spans == plain_spans
         assert scores == pytest.approx(plain_scores, abs=0.05)  # sums of log-probs, packed differently
+
+
+@pytest.mark.parametrize("method", ["autoreg_struct", "autoreg_aug"])
+def test_shipped_baseline_adapters_annotate_real_sentences(method):
+    """The committed baseline adapters (what `benchmark --methods` finds by name) load on the real model,
+    and their parsed output finds the entities of plain sentences: a broken or mismatched adapter, or a
+    parser that drops the format, would find none."""
+    from spacy_padellm.benchmark import build_methods
+
+    run = build_methods([method], "smollm2-135m", {}, "auto")[method]
+    nlp = spacy.blank("en")
+    out = run([nlp(text) for text in SENTENCES])
+    found = [{(s, label) for label, s in strings} for _, strings, _ in out]
+    right = sum(len(f & e) for f, e in zip(found, EXPECTED))
+    wrong = sum(len(f - e) for f, e in zip(found, EXPECTED))
+    assert right >= 13 and wrong <= 2, found
+    for doc, _, stats in out:  # parsed pairs land as aligned entities; one output sequence per document
+        assert stats["sequences"] == 1 and stats["generated_tokens"] > 0
+        assert all(doc.text[e.start_char:e.end_char] == e.text for e in doc.ents)
+    assert sum(len(doc.ents) for doc, _, _ in out) >= 13
