@@ -137,12 +137,12 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                                    for stage, sec in decoder.stage_seconds.items()}
             result["methods"][name]["by_batch_size"][str(bs)] = entry
             if "f1_string" not in result["methods"][name]:
-                pairs = [(strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold)]
-                prf = string_prf(pairs)
+                scored = [(strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold)]
+                prf = string_prf(scored)
                 span = get_ner_prf([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
                 result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"],
                                                p_string=prf.precision, r_string=prf.recall,
-                                               f1_string_by_label=string_f1_by_label(pairs))
+                                               f1_string_by_label=string_f1_by_label(scored))
                 if "padellm" in names:  # F1 hides flips that cancel; count the documents whose output differs
                     pairs = zip(outputs[name], outputs["padellm"])
                     same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
