@@ -41,6 +41,14 @@ def _annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -140,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "extra":
             continue
-        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+        kind = {"int": int, "float": float, "bool": _flag}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
         tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                         help=f"default: {f.default!r}")
     tr.set_defaults(func=_train)

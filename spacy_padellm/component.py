@@ -67,7 +67,8 @@ ADAPTER_DIR = "adapter"
     default_config=DEFAULT_CONFIG,
     assigns=["doc.ents", "token.ent_iob", "token.ent_type", "doc.spans"],
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None,
-                           "ents_string_f": None, "ents_string_p": None, "ents_string_r": None},
+                           "ents_string_f": None, "ents_string_p": None, "ents_string_r": None,
+                           "ents_count_exact": None, "ents_count_low": None, "ents_count_high": None},
 )
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,

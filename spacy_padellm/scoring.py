@@ -33,9 +33,27 @@ def string_prf(pairs: Iterable[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]
     return prf
 
 
+def count_errors(examples: Iterable[Example]) -> Dict[str, float]:
+    """How often the step-1 count of a (doc, label) equals the gold number of mentions, and how often it
+    is too low or too high: the count decides how many mentions are decoded at all, so it bounds recall."""
+    exact = low = high = 0
+    for eg in examples:
+        counts = (eg.predicted.user_data.get(USER_DATA_KEY) or {}).get("counts") or {}
+        for label, n in counts.items():
+            gold = sum(e.label_ == label for e in eg.reference.ents)
+            exact += n == gold
+            low += n < gold
+            high += n > gold
+    total = exact + low + high
+    if not total:
+        return {}
+    return {"ents_count_exact": exact / total, "ents_count_low": low / total, "ents_count_high": high / total}
+
+
 def score(examples: Iterable[Example], **kwargs: Any) -> Dict[str, Any]:
     examples = list(examples)
     scores = get_ner_prf(examples)
     prf = string_prf((predicted_strings(eg.predicted), gold_strings(eg.reference)) for eg in examples)
     scores.update(ents_string_p=prf.precision, ents_string_r=prf.recall, ents_string_f=prf.fscore)
+    scores.update(count_errors(examples))
     return scores

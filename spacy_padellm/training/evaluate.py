@@ -30,4 +30,6 @@ def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: 
     return {"f1_string": scores["ents_string_f"], "p_string": scores["ents_string_p"],
             "r_string": scores["ents_string_r"], "f1_span": scores["ents_f"], "p_span": scores["ents_p"],
             "r_span": scores["ents_r"], "per_type": scores.get("ents_per_type"), "n_docs": len(examples),
+            "count_exact": scores.get("ents_count_exact"), "count_low": scores.get("ents_count_low"),
+            "count_high": scores.get("ents_count_high"),
             "seconds": time.time() - t0}

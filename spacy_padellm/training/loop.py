@@ -19,7 +19,7 @@ import torch
 
 from ..prompts import get_template, special_prefix
 from .config import TrainConfig
-from .examples import Example, doc_examples, encode_example
+from .examples import Example, doc_examples, encode_example, part_weights
 from .packing import PackedTree, collate, pack_examples, packed_loss
 
 CHECKPOINT = "checkpoint"
@@ -106,8 +106,10 @@ def log(path: Path, record: Dict[str, Any]) -> None:
 
 
 def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template_name: str,
-                row_tokens: int, fmt: str = "padellm") -> List[PackedTree]:
-    """One trie per document: PaDeLLM's label/mention branches, or a baseline's single sequence."""
+                row_tokens: int, fmt: str = "padellm", weights: Optional[Sequence[float]] = None
+                ) -> List[PackedTree]:
+    """One trie per document: PaDeLLM's label/mention branches, or a baseline's single sequence.
+    `weights`: the loss weight per target part (examples.PART_NAMES order); None: all 1."""
     from ..baselines.formats import FORMATS
 
     template = get_template(template_name)
@@ -122,7 +124,7 @@ def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, temp
             prompt, build, _ = FORMATS[fmt]
             ents = [(e.start_char, e.end_char, e.label_) for e in doc.ents]
             examples = [Example(prompt.format(text=doc.text), build(doc.text, ents, labels))]
-        tree = pack_examples([encode_example(tokenizer, e, bos) for e in examples])
+        tree = pack_examples([encode_example(tokenizer, e, bos) for e in examples], weights)
         if len(tree) <= row_tokens:  # a document longer than a row is skipped, never truncated mid-target
             trees.append(tree)
     return trees
@@ -152,7 +154,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     labels = cfg.labels or sorted({e.label_ for d in train_docs for e in d.ents})
     model, tokenizer = load_base(resolve_model(cfg.model), torch.float32, "cpu")
     t0 = time.time()
-    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens, cfg.format)
+    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens, cfg.format,
+                        part_weights(cfg))
     print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
 
     lora = lora_config(model, cfg)
@@ -170,8 +173,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         step, best = state["step"], state["best"]
         torch.set_rng_state(state["rng"])
-        print(f"[train] resumed from step {step}", flush=True)
+        total = resumed_total(state, total)
+        print(f"[train] resumed from step {step} of {total}", flush=True)
         truncate_log(out / LOG, step)
+    elif cfg.init_adapter:
+        warm_start(model, cfg.init_adapter)
+        print(f"[train] LoRA weights initialised from {cfg.init_adapter}", flush=True)
     meta = {"labels": labels, "template": cfg.template, "format": cfg.format, "base_model": cfg.model,
             "config": cfg.to_dict()}
 
@@ -179,7 +186,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp)
             torch.save({"optimizer": optimizer.state_dict(), "step": step, "best": best,
-                        "rng": torch.get_rng_state()}, tmp / "state.pt")
+                        "rng": torch.get_rng_state(), "total": total}, tmp / "state.pt")
         atomic_dir_write(ckpt, write)
 
     def evaluate(docs: Sequence[Any]) -> Dict[str, Any]:
@@ -202,6 +209,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     model.train()
     bar = tqdm(total=total, initial=step, mininterval=5, dynamic_ncols=False, ncols=110)
     tokens_seen, t_start = 0, time.time()
+    last_checkpoint = t_start
     plan: Dict[int, List[List[List[int]]]] = {}
     while step < total:
         epoch, index = divmod(step, steps_per_epoch)
@@ -214,7 +222,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             loss = packed_loss(model, batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -227,18 +235,90 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             log(log_path, {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, total, cfg),
                            "tokens_per_s": tps, "epoch": step / steps_per_epoch, "time": time.time()})
         if dev_docs and (step % cfg.eval_every == 0 or step == total):
-            scores = evaluate(dev_docs[: cfg.eval_docs])
+            scores = evaluate(spread(dev_docs, cfg.eval_docs))
             log(log_path, {"step": step, "eval": scores, "time": time.time()})
             print(f"\n[eval] step {step}: string F1 {scores['f1_string']:.4f} span F1 {scores['f1_span']:.4f}",
                   flush=True)
             if scores["f1_string"] > best["score"]:
                 best = {"score": scores["f1_string"], "step": step, "scores": scores}
                 atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, {**meta, "dev": best}))
-        if step % cfg.checkpoint_every == 0 or step == total:
+        if (step % cfg.checkpoint_every == 0 or step == total
+                or time.time() - last_checkpoint >= 60 * cfg.checkpoint_minutes):
             save_checkpoint()
+            last_checkpoint = time.time()
     bar.close()
-    if not dev_docs and not (out / BEST).exists():
-        atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, meta))
+    if not (out / BEST).exists():  # no dev set (or no evaluation yet): the last step is the result
+        atomic_dir_write(out / BEST, lambda tmp: save_adapter(model, tmp, {**meta, "step": step}))
+    if dev_docs and cfg.final_eval and "dev_full" not in best:
+        best = final_evaluation(model, out / BEST, dev_docs, evaluate, best)
+        log(log_path, {"step": step, "final_eval": best["dev_full"], "time": time.time()})
+        save_checkpoint()  # a resumed finished run does not evaluate again
+    return best
+
+
+def spread(docs: Sequence[Any], n: int) -> List[Any]:
+    """`n` documents spread evenly over `docs`, the middle one of each of n equal blocks: dev files are
+    topic-contiguous, so the first n documents would select a checkpoint on one topic. Taking the middle
+    keeps the sample mostly apart from a benchmark's every-k-th sample, which starts at document 0 (400 of
+    CoNLL dev's 3,250: 48 documents in common with every 8th)."""
+    if n <= 0 or n >= len(docs):
+        return list(docs)
+    return [docs[(2 * i + 1) * len(docs) // (2 * n)] for i in range(n)]
+
+
+def resumed_total(state: Dict[str, Any], asked: int) -> int:
+    """A resumed run keeps the schedule it started with: its total step count decides the learning rate
+    of every step, so recomputing it from changed flags would make the rate jump (issue 14)."""
+    total = int(state.get("total") or asked)
+    if total != asked:
+        print(f"[train] keeping the original schedule of {total} steps (these flags give {asked}); "
+              "start a new --output folder for a new schedule", flush=True)
+    return total
+
+
+def warm_start(model: Any, folder: str) -> None:
+    """Load a saved adapter's LoRA weights into the fresh peft model (a new schedule from a trained start)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from ..errors import Errors, PaDeLLMError
+
+    weights = Path(folder) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise PaDeLLMError(Errors.E009.format(path=folder))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise PaDeLLMError(Errors.E010.format(key="--init-adapter", value=folder,
+                                              why=f"its LoRA shape differs from this run's ({unexpected[:2]} ...)"))
+
+
+def final_evaluation(model: Any, best_dir: Path, dev_docs: Sequence[Any], evaluate: Any,
+                     best: Dict[str, Any]) -> Dict[str, Any]:
+    """Score the selected adapter on ALL of dev and write it into best/padellm.json as "dev_full".
+
+    The selection score is on a sample, and the sample chose the checkpoint, so it is optimistic; the full
+    dev score is the honest number to report. The current weights are saved and restored around it."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    current = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    set_peft_model_state_dict(model, {k: v.float() for k, v in
+                                      load_file(str(best_dir / "adapter_model.safetensors")).items()})
+    try:
+        scores = evaluate(dev_docs)
+    finally:
+        set_peft_model_state_dict(model, current)
+    print(f"\n[eval] all {len(dev_docs)} dev docs, selected adapter: string F1 {scores['f1_string']:.4f} "
+          f"span F1 {scores['f1_span']:.4f}", flush=True)
+    best = {**best, "dev_full": scores}
+    meta_path = best_dir / "padellm.json"
+    meta = json.loads(meta_path.read_text(encoding="utf8"))
+    meta["dev_full"] = scores
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=str), encoding="utf8")
+    os.replace(tmp, meta_path)
     return best
 
 

@@ -10,11 +10,11 @@ vs mention 2 after "2\n<mention "), that node carries two supervised targets: th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .examples import EncodedExample
+from .examples import MENTION, EncodedExample
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,22 @@ class PackedTree:
     depth: List[int]
     loss_nodes: List[int]  # the node whose output predicts ...
     loss_targets: List[int]  # ... this token
+    loss_weights: List[float]  # ... with this weight (the weight of the target token's part)
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def pack_examples(examples: Sequence[EncodedExample]) -> PackedTree:
+def pack_examples(examples: Sequence[EncodedExample],
+                  weights: Optional[Sequence[float]] = None) -> PackedTree:
+    """`weights[part]` is the loss weight of a target token of that part (None: all 1)."""
     ids: List[int] = []
     parents: List[int] = []
     depth: List[int] = []
     children: Dict[Tuple[int, int], int] = {}
     loss_nodes: List[int] = []
     loss_targets: List[int] = []
+    loss_weights: List[float] = []
     for ex in examples:
         node = -1
         path: List[int] = []
@@ -52,7 +56,9 @@ def pack_examples(examples: Sequence[EncodedExample]) -> PackedTree:
         for j in range(max(ex.n_prompt, 1), len(ex.ids)):
             loss_nodes.append(path[j - 1])
             loss_targets.append(ex.ids[j])
-    return PackedTree(ids, parents, depth, loss_nodes, loss_targets)
+            part = ex.parts[j - ex.n_prompt] if ex.parts and j >= ex.n_prompt else MENTION
+            loss_weights.append(1.0 if weights is None else float(weights[part]))
+    return PackedTree(ids, parents, depth, loss_nodes, loss_targets, loss_weights)
 
 
 @dataclass
@@ -63,6 +69,7 @@ class PackedBatch:
     loss_rows: torch.Tensor  # [N]
     loss_cols: torch.Tensor  # [N]
     loss_targets: torch.Tensor  # [N]
+    loss_weights: torch.Tensor  # [N] float
 
     @property
     def n_tokens(self) -> int:
@@ -78,6 +85,7 @@ def collate(rows: Sequence[Sequence[PackedTree]], pad_id: int, dtype: torch.dtyp
     l_rows: List[int] = []
     l_cols: List[int] = []
     l_tgt: List[int] = []
+    l_w: List[float] = []
     for r, row in enumerate(rows):
         offset = 0
         for tree in row:
@@ -92,17 +100,19 @@ def collate(rows: Sequence[Sequence[PackedTree]], pad_id: int, dtype: torch.dtyp
             l_rows.extend([r] * len(tree.loss_nodes))
             l_cols.extend(offset + x for x in tree.loss_nodes)
             l_tgt.extend(tree.loss_targets)
+            l_w.extend(tree.loss_weights)
             offset += n
         for i in range(offset, width):  # padding sees itself only (no fully masked row -> no NaN)
             allowed[r, i, i] = True
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return PackedBatch(ids, pos, mask[:, None], torch.as_tensor(l_rows), torch.as_tensor(l_cols),
-                       torch.as_tensor(l_tgt))
+                       torch.as_tensor(l_tgt), torch.as_tensor(l_w, dtype=torch.float32))
 
 
 def packed_loss(model: torch.nn.Module, batch: PackedBatch, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy on the supervised pairs only: the output layer runs on those positions alone
-    (SmolLM2's 49k-word output layer is ~20% of a full pass)."""
+    (SmolLM2's 49k-word output layer is ~20% of a full pass). Each pair weighs its part's weight; "mean"
+    is the weighted mean (with all weights 1, the plain mean)."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = causal_lm.base_model
     device = next(causal_lm.parameters()).device
@@ -110,7 +120,10 @@ def packed_loss(model: torch.nn.Module, batch: PackedBatch, reduction: str = "me
                   attention_mask=batch.attention_mask.to(device), use_cache=False).last_hidden_state
     picked = hidden[batch.loss_rows.to(device), batch.loss_cols.to(device)]
     logits = causal_lm.get_output_embeddings()(picked).float()
-    return torch.nn.functional.cross_entropy(logits, batch.loss_targets.to(device), reduction=reduction)
+    losses = torch.nn.functional.cross_entropy(logits, batch.loss_targets.to(device), reduction="none")
+    weights = batch.loss_weights.to(device)
+    total = (losses * weights).sum()
+    return total / weights.sum().clamp_min(1e-9) if reduction == "mean" else total
 
 
 def unpacked_loss(model: torch.nn.Module, examples: Sequence[EncodedExample], reduction: str = "mean"
