@@ -23,6 +23,7 @@ setup(
     extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={
         "spacy_factories": ["padellm_ner = spacy_padellm.component:make_padellm_ner"],
+        "spacy_displacy_colors": ["spacy_padellm = spacy_padellm.displacy_colors:COLORS"],
         "console_scripts": ["spacy-padellm = spacy_padellm.cli:main"],
     },
 )

@@ -40,8 +40,10 @@ def _copy(gold: Doc) -> Doc:
     return Doc(gold.vocab, words=[t.text for t in gold], spaces=[bool(t.whitespace_) for t in gold])
 
 
-def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dtype: str) -> Dict[str, Run]:
-    """One runner per method: docs in, (predicted doc, predicted strings, counters) out."""
+def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dtype: str, threads: int = 0
+                  ) -> Dict[str, Run]:
+    """One runner per method: docs in, (predicted doc, predicted strings, counters) out. `threads`: torch
+    threads of every method (0: the cores this process may use), set once here and by each pipe."""
     import spacy
 
     from .baselines.autoreg import AutoregNER, set_pairs
@@ -49,6 +51,9 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
     from .engine.loading import (apply_adapter, load_base, read_adapter_meta, resolve_device, resolve_dtype,
                                  resolve_model)
 
+    from .engine.forking import set_threads
+
+    set_threads(threads)
     runners: Dict[str, Run] = {}
     device = resolve_device("auto")
     for name in names:
@@ -61,7 +66,7 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
         if name.startswith("padellm"):
             nlp = spacy.blank("en")
             pipe = nlp.add_pipe("padellm_ner", config={"model": model, "adapter": path, "dtype": dtype,
-                                                       **ENGINE_CONFIGS.get(name, {})})
+                                                       "threads": threads, **ENGINE_CONFIGS.get(name, {})})
             if name in ENGINE_CONFIGS:
                 def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
                     out = list(nlp.pipe([_copy(d) for d in docs], batch_size=len(docs)))

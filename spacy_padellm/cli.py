@@ -1,18 +1,20 @@
-"""`python -m spacy_padellm <command>`: annotate text (the main job); more commands join as they land."""
+"""PaDeLLM-NER for spaCy: annotate text with the shipped model, train an adapter on your own labels,
+evaluate it on gold data, and benchmark it against autoregressive NER."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional, Union, get_args, get_origin, get_type_hints
+
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 def _annotate(args: argparse.Namespace) -> int:
     import spacy
     from spacy import displacy
-
-    from .component import DEFAULT_CONFIG
 
     texts: List[str] = list(args.text)
     if args.input:
@@ -21,24 +23,33 @@ def _annotate(args: argparse.Namespace) -> int:
     if not texts:
         print("Nothing to annotate: give texts as arguments or --input FILE (one text per line).", file=sys.stderr)
         return 2
-    config = {"model": args.model, "adapter": args.adapter if args.adapter is not None else DEFAULT_CONFIG["adapter"]}
+    config = _pipe_config(args)
     if args.labels:
         config["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
-    config["mentions_from_text"] = args.mentions_from_text
     nlp = spacy.blank(args.lang)
-    nlp.add_pipe("padellm_ner", config=config)
+    pipe = nlp.add_pipe("padellm_ner", config=config)
     docs = list(nlp.pipe(texts, batch_size=args.batch_size))
     for doc in docs:
+        group = doc.spans[pipe.spans_key]
         print(json.dumps({"text": doc.text,
                           "ents": [[e.start_char, e.end_char, e.label_, e.text] for e in doc.ents],
                           "candidates": [[s.start_char, s.end_char, s.label_, round(score, 4)] for s, score in
-                                         zip(doc.spans["padellm"], doc.spans["padellm"].attrs["scores"])]},
+                                         zip(group, group.attrs["scores"])]},
                          ensure_ascii=False))
     if args.html:
         html = displacy.render(docs, style="ent", page=True, jupyter=False)
         Path(args.html).write_text(html, encoding="utf8")
         print(f"displaCy HTML written to {args.html}", file=sys.stderr)
     return 0
+
+
+def _pipe_config(args: argparse.Namespace) -> dict:
+    """The component config from annotate's and evaluate's shared flags."""
+    config = {"model": args.model, "dtype": args.dtype, "threads": args.threads,
+              "mentions_from_text": args.mentions_from_text}
+    if args.adapter is not None:
+        config["adapter"] = args.adapter
+    return config
 
 
 def _flag(value: str) -> bool:
@@ -50,8 +61,6 @@ def _flag(value: str) -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from .training.config import TrainConfig
     from .training.loop import train
 
@@ -62,6 +71,10 @@ def _train(args: argparse.Namespace) -> int:
     if isinstance(values.get("target_modules"), str) and "," in values["target_modules"]:
         values["target_modules"] = values["target_modules"].split(",")
     best = train(TrainConfig(**values))
+    if best.get("score", -1.0) < 0:  # no dev set: nothing was scored
+        best = {k: v for k, v in best.items() if k != "score"}
+        print(f"Trained without --dev: no dev score; the adapter of the last step is in {best['adapter']}",
+              file=sys.stderr)
     print(json.dumps(best, indent=1, default=str))
     return 0
 
@@ -73,9 +86,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .training.readers import read_any
 
-    config = {"model": args.model, "batch_size": args.batch_size, "mentions_from_text": args.mentions_from_text}
-    if args.adapter:
-        config["adapter"] = args.adapter
+    config = {**_pipe_config(args), "batch_size": args.batch_size}
     nlp = spacy.blank(args.lang)
     pipe = nlp.add_pipe("padellm_ner", config=config)
     gold = read_any(args.data, nlp.vocab)[: args.limit or None]
@@ -110,7 +121,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         gold = gold[: args.limit]
     adapters = dict(x.split("=", 1) for x in args.adapters.split(",") if x) if args.adapters else {}
     runners = build_methods([m.strip() for m in args.methods.split(",") if m.strip()], args.model, adapters,
-                            args.dtype)
+                            args.dtype, args.threads)
     result = benchmark(gold, runners, [int(x) for x in args.batch_sizes.split(",")],
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["command"] = "python -m spacy_padellm " + " ".join(args.argv)
@@ -124,61 +135,77 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flag_type(hint: Any) -> Callable[[str], Any]:
+    """argparse type of a TrainConfig field, from its real type (Optional[int] -> int, List[str] -> str: the
+    comma-separated lists are split in _train)."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    base = args[0] if get_origin(hint) is Union and len(args) == 1 else hint
+    return {int: int, float: float, bool: _flag}.get(base, str)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .benchmark import METHODS
+
     parser = argparse.ArgumentParser(prog="python -m spacy_padellm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"spacy_padellm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ann = sub.add_parser("annotate", help="annotate texts; prints JSON lines, optionally writes displaCy HTML")
     ann.add_argument("text", nargs="*", help="texts to annotate")
     ann.add_argument("--input", help="a UTF-8 file with one text per line")
-    ann.add_argument("--model", default="smollm2-135m", help="packaged name, HF folder or .gguf file")
-    ann.add_argument("--adapter", default=None, help="peft LoRA adapter folder (default: the shipped one)")
+    _add_model_flags(ann)
     ann.add_argument("--labels", default=None, help="comma-separated labels (default: the adapter's)")
-    ann.add_argument("--lang", default="en", help="spaCy language code for tokenization")
-    ann.add_argument("--batch-size", type=int, default=32)
+    ann.add_argument("--batch-size", type=int, default=32, help="documents decoded together (default: 32)")
     ann.add_argument("--html", default=None, help="write displaCy HTML here")
-    ann.add_argument("--mentions-from-text", action="store_true",
-                     help="constrain mentions to word-aligned substrings of the text (changes output)")
     ann.set_defaults(func=_annotate)
 
-    import dataclasses
-
-    from .training.config import TrainConfig
+    from .training.config import TrainConfig, field_help
 
     tr = sub.add_parser("train", help="fine-tune a PaDeLLM LoRA adapter (resumes from OUTPUT/checkpoint)")
+    hints, helps = get_type_hints(TrainConfig), field_help()
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
+        if f.name not in helps:
             continue
-        kind = {"int": int, "float": float, "bool": _flag}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
-        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                        help=f"default: {f.default!r}")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_train_flag_type(hints[f.name]),
+                        default=None, metavar=f.name.upper(), help=f"{helps[f.name]} (default: {default!r})")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="spaCy ents P/R/F per label and the paper's string micro-F1")
     ev.add_argument("--data", required=True, help="gold data: CoNLL, .spacy, .jsonl or BMES")
-    ev.add_argument("--model", default="smollm2-135m")
-    ev.add_argument("--adapter", default=None)
-    ev.add_argument("--lang", default="en")
-    ev.add_argument("--limit", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=64)
+    _add_model_flags(ev)
+    ev.add_argument("--limit", type=int, default=0, help="first N documents only (default: 0, all)")
+    ev.add_argument("--batch-size", type=int, default=64, help="documents decoded together (default: 64)")
     ev.add_argument("--out", default=None, help="also write the scores as JSON here")
-    ev.add_argument("--mentions-from-text", action="store_true",
-                    help="constrain mentions to word-aligned substrings of the text (changes output)")
     ev.set_defaults(func=_evaluate)
 
     bm = sub.add_parser("benchmark", help="PaDeLLM vs autoregressive NER, side by side in one process")
-    bm.add_argument("--data", required=True)
-    bm.add_argument("--limit", type=int, default=0)
+    bm.add_argument("--data", required=True, help="gold data: CoNLL, .spacy, .jsonl or BMES")
+    bm.add_argument("--limit", type=int, default=0, help="at most N documents after --stride (default: 0, all)")
     bm.add_argument("--stride", type=int, default=1, help="every STRIDE-th document (a sample spread over the file)")
-    bm.add_argument("--methods", default="padellm,padellm_rows,padellm_reference,autoreg_struct,autoreg_aug")
-    bm.add_argument("--batch-sizes", default="1,32")
-    bm.add_argument("--model", default="smollm2-135m")
+    bm.add_argument("--methods", default="padellm,padellm_rows,padellm_reference,autoreg_struct,autoreg_aug",
+                    help=f"comma-separated, from: {', '.join(METHODS)}")
+    bm.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default: 1,32)")
+    bm.add_argument("--model", default="smollm2-135m", help="base model: packaged name, HF folder or .gguf file")
     bm.add_argument("--adapters", default="", help="METHOD=FOLDER,... (default: the packaged adapters)")
-    bm.add_argument("--dtype", default="auto")
-    bm.add_argument("--lang", default="en")
+    bm.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype (default: auto)")
+    bm.add_argument("--threads", type=int, default=0, help="torch threads (default: 0, the cores this process may use)")
+    bm.add_argument("--lang", default="en", help="spaCy language code for tokenization (default: en)")
     bm.add_argument("--out", default=None, help="results JSON")
     bm.add_argument("--plot", default=None, help="results PNG")
     bm.set_defaults(func=_benchmark)
     return parser
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The pipe settings annotate and evaluate share."""
+    p.add_argument("--model", default="smollm2-135m", help="base model: packaged name, HF folder or .gguf file")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter folder (default: the shipped one)")
+    p.add_argument("--lang", default="en", help="spaCy language code for tokenization (default: en)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype (default: auto: bf16 where fast)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0, the cores this process may use)")
+    p.add_argument("--mentions-from-text", action="store_true",
+                   help="constrain mentions to word-aligned substrings of the text (changes output)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

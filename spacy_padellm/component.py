@@ -22,7 +22,7 @@ from spacy.util import minibatch
 from .align import align_mentions, choose_entities
 from .chunking import chunk_doc, group, span_getter_bounds
 from .dedup import dedup_mentions
-from .engine.forking import guard_after_fork
+from .engine.forking import guard_after_fork, in_forked_child, set_threads
 from .errors import Errors, PaDeLLMError
 from .prompts import get_template, validate_labels
 from .scoring import USER_DATA_KEY, score as score_examples
@@ -46,8 +46,12 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "count_guesses": 1,  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
     "count_bias": None,  # taken off the logits of a 0 count (recall knob); None: the adapter's tuned value, else 0
     "mentions_from_text": False,  # mention tokens constrained to substrings of the text (changes output; opt-in)
+    "overwrite_ents": False,  # false: keep entities set earlier in the pipeline, add ours where they don't overlap
+    "threads": 0,  # torch threads; 0: the cores this process may use (more than the free cores is 5-10x slower)
 }
 CFG_FILE = "cfg.json"
+# the settings kept in PaDeLLMNER.cfg (the rest live in their own attributes)
+PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter", "labels", "template", "span_getter")}
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,13 @@ def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str
                      spans_key: str, max_chunk_tokens: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
                      tree: bool, count_guesses: int, count_bias: Optional[float],
-                     mentions_from_text: bool) -> "PaDeLLMNER":
+                     mentions_from_text: bool, overwrite_ents: bool, threads: int) -> "PaDeLLMNER":
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
                       dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
                       batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate, tree=tree,
-                      count_guesses=count_guesses, count_bias=count_bias, mentions_from_text=mentions_from_text)
+                      count_guesses=count_guesses, count_bias=count_bias, mentions_from_text=mentions_from_text,
+                      overwrite_ents=overwrite_ents, threads=threads)
 
 
 class PaDeLLMNER(Pipe):
@@ -93,7 +98,7 @@ class PaDeLLMNER(Pipe):
                  dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
                  batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 4,
                  tree: bool = True, count_guesses: int = 1, count_bias: Optional[float] = None,
-                 mentions_from_text: bool = False) -> None:
+                 mentions_from_text: bool = False, overwrite_ents: bool = False, threads: int = 0) -> None:
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
         self.vocab = vocab
@@ -111,7 +116,11 @@ class PaDeLLMNER(Pipe):
             raise PaDeLLMError(Errors.E010.format(key="count_guesses", value=count_guesses, why="must be 0 to 9"))
         if count_bias is not None and (isinstance(count_bias, bool) or not isinstance(count_bias, (int, float))):
             raise PaDeLLMError(Errors.E010.format(key="count_bias", value=count_bias, why="must be a number or null"))
-        for key, value in (("tree", tree), ("mentions_from_text", mentions_from_text)):
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise PaDeLLMError(Errors.E010.format(key="threads", value=threads,
+                                                  why="must be an integer >= 0 (0: the cores this process may use)"))
+        for key, value in (("tree", tree), ("mentions_from_text", mentions_from_text),
+                           ("overwrite_ents", overwrite_ents)):
             if not isinstance(value, bool):
                 raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))
         if dtype not in ("auto", "float32", "bfloat16"):
@@ -122,7 +131,8 @@ class PaDeLLMNER(Pipe):
                                         dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
                                         max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens,
                                         speculate=speculate, tree=tree, count_guesses=count_guesses,
-                                        count_bias=count_bias, mentions_from_text=mentions_from_text)
+                                        count_bias=count_bias, mentions_from_text=mentions_from_text,
+                                        overwrite_ents=overwrite_ents, threads=threads)
         self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
@@ -141,6 +151,8 @@ class PaDeLLMNER(Pipe):
 
         meta: Dict[str, Any] = {}
         if self.adapter is not None and Path(self.adapter).is_dir():
+            from .engine.loading import check_adapter_folder
+            check_adapter_folder(self.adapter)  # a folder without adapter_config.json is no adapter (E009)
             meta = read_adapter_meta(self.adapter)
         elif self.adapter is not None and strict:
             from .engine.loading import check_adapter_folder
@@ -189,7 +201,8 @@ class PaDeLLMNER(Pipe):
     @property
     def decoder(self) -> Any:
         """The loaded engine; loads base model (+ merged adapter) on first access."""
-        guard_after_fork()  # before any torch op in an n_process worker (see engine/forking.py)
+        if not guard_after_fork() and not in_forked_child():  # a forked worker keeps one thread (forking.py)
+            set_threads(self.cfg.get("threads", 0))
         if self._decoder is None:
             from .engine.decoder import Decoder
             from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
@@ -293,8 +306,11 @@ class PaDeLLMNER(Pipe):
             spans = [Span(doc, a.start, a.end, label=a.label) for a in aligned]
             doc.spans[self.spans_key] = SpanGroup(doc, name=self.spans_key, spans=spans,
                                                   attrs={"scores": [a.logprob for a in aligned]})
-            ents = choose_entities(aligned)
-            doc.set_ents([Span(doc, a.start, a.end, label=a.label) for a in ents], default="outside")
+            ents = [Span(doc, a.start, a.end, label=a.label) for a in choose_entities(aligned)]
+            if self.cfg.get("overwrite_ents", False):
+                doc.set_ents(ents, default="outside")
+            else:  # as spaCy's entity_ruler: entities set earlier stay, ours fill the gaps
+                doc.ents = keep_existing(list(doc.ents), ents)
             doc.user_data[USER_DATA_KEY] = {
                 **stats,
                 "chunks": len(chunk_preds),
@@ -317,7 +333,7 @@ class PaDeLLMNER(Pipe):
     def _load_state(self, state: Dict[str, Any], adapter: Optional[str]) -> None:
         from .engine.loading import resolve_model
 
-        self.cfg = dict(state["cfg"])
+        self.cfg = {**PIPE_DEFAULTS, **getattr(self, "cfg", {}), **state["cfg"]}  # newer settings: defaults
         self.model_ref = resolve_model(self.cfg["model"])
         self._labels = state["labels"]
         self.template_name = state["template"]
@@ -386,3 +402,10 @@ def _unpickle_pipe(vocab: Any, name: str, data: bytes, span_getter: Optional[Cal
     pipe.vocab, pipe.name = vocab, name
     pipe._decoder, pipe._tmpdir, pipe.span_getter = None, None, span_getter
     return pipe.from_bytes(data)
+
+
+def keep_existing(existing: List[Span], ours: List[Span]) -> List[Span]:
+    """`existing` plus those of `ours` that share no token with any of them (both non-overlapping)."""
+    taken = {i for span in existing for i in range(span.start, span.end)}
+    new = [span for span in ours if not any(i in taken for i in range(span.start, span.end))]
+    return sorted(existing + new, key=lambda span: span.start)

@@ -42,3 +42,10 @@ class Errors:
     E017 = ("[E017] No adapter for method {method!r} at {path!r}. Train it (`spacy project run "
             "train-baselines` or `python -m spacy_padellm train --format {method} ...`) or point "
             "--adapters {method}=FOLDER at one.")
+    E018 = ("[E018] The model folder {path!r} holds no config.json, so it is not a Hugging Face model folder "
+            "(it holds: {found}). Point 'model' at the folder written by save_pretrained (config.json, the "
+            "weights and the tokenizer files), at a '.gguf' file, or use a packaged name such as 'smollm2-135m'.")
+    E019 = ("[E019] device={device!r} asks for CUDA, but this torch build ({version}) sees no CUDA device. Use "
+            "device 'auto' or 'cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU.")
+    E020 = ("[E020] {path!r} is not a GGUF file: it does not start with the GGUF magic bytes (it starts with "
+            "{head!r}). Check the 'model' setting, or re-download the file.")

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import LABELS, make_adapter
+from helpers import LABELS, make_adapter
 
 CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
     ("Ada", "B-PER"), ("met", "O"), ("Bob", "B-PER"), (".", "O"), ("", ""),

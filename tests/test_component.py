@@ -14,7 +14,7 @@ from spacy.training import Example
 
 from spacy_padellm.errors import PaDeLLMError
 
-from conftest import LABELS, SENTENCES, make_adapter
+from helpers import LABELS, SENTENCES, make_adapter
 
 CFG = {"dtype": "float32", "device": "cpu", "max_new_tokens": 6}
 

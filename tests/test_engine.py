@@ -11,7 +11,7 @@ from spacy_padellm.engine.decoder import Decoder
 from spacy_padellm.engine.kv import Trie, extend, extend_tree, full_sequence_logits
 from spacy_padellm.prompts import get_template
 
-from conftest import LABELS, SENTENCES
+from helpers import LABELS, SENTENCES
 
 TEXTS = SENTENCES + ["A much longer sentence about the United Nations , the World Bank and Angela Merkel in Berlin ."]
 
@@ -161,7 +161,7 @@ def test_tree_path_equals_row_path(family, seed, tokenizer, tmp_path):
     """Random models babble counts of one to three digits: the tree path's guesses, verification and
     fallbacks must give the row path's counts, mentions and scores. In float64: a random model's logits
     are near-ties everywhere, and float32 rounding (4D vs 2D masks) would flip some argmaxes."""
-    from conftest import build_tiny
+    from helpers import build_tiny
 
     model, tok = load(build_tiny(family, tokenizer, tmp_path / "m", seed=seed))
     model = model.double()

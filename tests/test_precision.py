@@ -10,7 +10,7 @@ from spacy_padellm.engine.kv import extend
 from spacy_padellm.engine.precision import RESCORED, inference_precision, output_logits
 from spacy_padellm.prompts import get_template
 
-from conftest import LABELS, SENTENCES
+from helpers import LABELS, SENTENCES
 
 
 def load(folder, dtype):

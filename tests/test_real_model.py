@@ -5,6 +5,8 @@ import spacy
 
 from spacy_padellm.benchmark import ENGINE_CONFIGS
 
+pytestmark = pytest.mark.slow  # loads the real weights: deselect with -m "not slow" while developing
+
 SENTENCES = [
     "Barack Obama visited Berlin with Angela Merkel.",
     "Apple and Microsoft opened offices in Seattle and London.",

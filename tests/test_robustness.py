@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from spacy_padellm.engine.decoder import DocPrediction, MentionPrediction
 from spacy_padellm.errors import PaDeLLMError
 
-from conftest import LABELS, build_tiny
+from helpers import LABELS
 
 CFG = {"dtype": "float32", "device": "cpu"}
 

@@ -9,7 +9,7 @@ from spacy_padellm.engine.decoder import Decoder
 from spacy_padellm.engine.substring import SubstringConstraint, TokenBytes, word_bounds
 from spacy_padellm.prompts import get_template
 
-from conftest import LABELS, SENTENCES
+from helpers import LABELS, SENTENCES
 
 ODD = ["Zürich ist schön , 東京 🙂 naïve café .", "Leicestershire beat Leicester at Lord 's ."]
 
@@ -69,7 +69,7 @@ def test_constrained_mentions_come_from_the_text(seed, tokenizer, tmp_path):
     """A random model babbles: unconstrained, some of its mentions are not in the text; constrained, every
     mention is a word-aligned substring, counts are unchanged, a mention plain greedy already wrote inside
     the text is unchanged, and the tree and row paths (with speculation) agree."""
-    from conftest import build_tiny
+    from helpers import build_tiny
 
     model, tok = load(build_tiny("llama", tokenizer, tmp_path / "m", seed=seed))
     texts = SENTENCES + ODD

@@ -8,35 +8,9 @@ import pytest
 import spacy
 import torch
 
-from spacy_padellm.training.config import TrainConfig
 from spacy_padellm.training.loop import train
 
-from conftest import build_tiny
-
-DOCS = [
-    {"text": "Ada Lovelace met Charles Babbage in London .", "entities": [[0, 12, "PER"], [17, 32, "PER"], [36, 42, "LOC"]]},
-    {"text": "Acme Corp opened in Paris .", "entities": [[0, 9, "ORG"], [20, 25, "LOC"]]},
-]
-
-
-def write_jsonl(path: Path, records) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def wide_tiny(tokenizer, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("wide-tiny")
-    return build_tiny("llama", tokenizer, folder, hidden=64)
-
-
-def overfit_config(tmp_path: Path, model: str, **kw) -> TrainConfig:
-    data = write_jsonl(tmp_path / "two.jsonl", DOCS)
-    values = dict(train=data, dev=data, output=str(tmp_path / "out"), model=model, lora_r=16, lora_alpha=32,
-                  lora_first_layer=0, lora_dropout=0.0, lr=1e-2, warmup_steps=5, max_steps=120, rows_per_step=1,
-                  eval_every=40, eval_docs=2, checkpoint_every=20, threads=1, bf16="false", max_new_tokens=8)
-    values.update(kw)
-    return TrainConfig(**values)
+from helpers import DOCS, overfit_config
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +156,27 @@ def test_baseline_formats_train_and_overfit(tmp_path, wide_tiny, fmt):
     assert best["score"] == 1.0, best
     meta = json.loads((tmp_path / "out" / "best" / "padellm.json").read_text())
     assert meta["format"] == fmt
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_entities_set_earlier_stay_unless_overwrite_ents(overfit, wide_tiny, overwrite):
+    """An entity_ruler before padellm_ner: its entities stay and ours fill the gaps (overwrite_ents false,
+    as spaCy's own ner and entity_ruler do), or ours replace them (true)."""
+    tmp_path, _ = overfit
+    text = DOCS[0]["text"]  # the model predicts Ada Lovelace PER, Charles Babbage PER, London LOC
+    config = {"model": wide_tiny, "adapter": str(tmp_path / "out" / "best"), "dtype": "float32", "device": "cpu",
+              "overwrite_ents": overwrite}
+    alone = spacy.blank("en")
+    alone.add_pipe("padellm_ner", config=config)
+    ours = [(e.text, e.label_) for e in alone(text).ents]
+    assert ours == [("Ada Lovelace", "PER"), ("Charles Babbage", "PER"), ("London", "LOC")]
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "GPE", "pattern": "London"}, {"label": "ROLE", "pattern": "Charles"}])
+    nlp.add_pipe("padellm_ner", config=config)
+    got = [(e.text, e.label_) for e in nlp(text).ents]
+    if overwrite:
+        assert got == ours
+    else:  # Charles Babbage overlaps the ruler's "Charles": dropped; Ada Lovelace fills a gap
+        assert got == [("Ada Lovelace", "PER"), ("Charles", "ROLE"), ("London", "GPE")]
+    assert len(nlp(text).spans["padellm"]) == 3  # every candidate is still in doc.spans

@@ -17,7 +17,7 @@ from spacy_padellm.training.examples import COUNT, EOS, MARKER, MENTION, doc_exa
 from spacy_padellm.training.loop import lr_at, spread, train
 from spacy_padellm.training.packing import collate, pack_examples, packed_loss
 
-from test_training import DOCS, overfit_config, wide_tiny, write_jsonl  # noqa: F401 (fixture)
+from helpers import DOCS, overfit_config, write_jsonl
 
 
 @pytest.fixture()

@@ -51,10 +51,17 @@ def resolve_model(name: str) -> ModelRef:
     if name.lower().endswith(".gguf"):
         if not path.is_file():
             raise PaDeLLMError(Errors.E003.format(path=name, err="no such file"))
+        with open(path, "rb") as handle:  # cheap: the first 4 bytes, so a wrong file fails at add_pipe
+            head = handle.read(4)
+        if head != b"GGUF":
+            raise PaDeLLMError(Errors.E020.format(path=name, head=head))
         return ModelRef("gguf", name, str(path.resolve()))
     if os.sep in name or "/" in name or name.startswith(".") or path.exists():
         if not path.is_dir():
             raise PaDeLLMError(Errors.E002.format(path=name))
+        if not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.iterdir())[:5] or "nothing"
+            raise PaDeLLMError(Errors.E018.format(path=name, found=found))
         return ModelRef("folder", name, str(path.resolve()))
     raise PaDeLLMError(Errors.E001.format(name=name, known=sorted(PACKAGED_MODELS)))
 
@@ -93,6 +100,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise PaDeLLMError(Errors.E010.format(key="device", value=device, why="use auto, cpu or cuda"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PaDeLLMError(Errors.E019.format(device=device, version=torch.__version__))
     return device
 
 

@@ -1,64 +1,78 @@
-"""Every training default in one place, each with the reason for its value."""
+"""Every training default in one place, each with the one line of help the CLI shows for it.
+
+The help sits beside the default (`opt(default, help)`), so `python -m spacy_padellm train --help` can
+never disagree with the values the loop uses. The longer reasons stay in comments.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Union
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with its CLI help."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    train: str = ""  # training data (CoNLL, .spacy, .jsonl, BMES)
-    dev: str = ""  # dev data: model selection only
-    output: str = "training"  # checkpoint/, best/, train_log.jsonl, curves.png
-    model: str = "smollm2-135m"  # base model: packaged name, HF folder or .gguf
-    labels: Optional[List[str]] = None  # None: every label in the training data, sorted
-    template: str = "en"
-    format: str = "padellm"  # or a baseline: "autoreg_struct", "autoreg_aug" (same data, steps and LoRA)
-    lang: str = "en"  # spaCy language of the tokenizer used for alignment in dev evaluation
-    # warm start: a PaDeLLM adapter folder whose LoRA weights a NEW run starts from (ignored on resume); the
-    # optimizer and schedule start fresh. Same LoRA shape (r, target modules, layers) as this run.
-    init_adapter: str = ""
+    train: str = opt("", "training data: CoNLL, .spacy, .jsonl or BMES")
+    dev: str = opt("", "dev data, for checkpoint selection and the final full-dev score (optional)")
+    output: str = opt("training", "output folder: checkpoint/, best/, train_log.jsonl")
+    model: str = opt("smollm2-135m", "base model: a packaged name, a Hugging Face folder or a .gguf file")
+    labels: Optional[List[str]] = opt(None, "comma-separated labels (default: every label in the training data)")
+    template: str = opt("en", "prompt template: en (the paper's) or zh")
+    format: str = opt("padellm", "target format: padellm, or a baseline: autoreg_struct, autoreg_aug")
+    lang: str = opt("en", "spaCy language of the tokenizer used for alignment in dev evaluation")
+    # A warm start: LoRA weights only; the optimizer and schedule start fresh. Same LoRA shape required.
+    init_adapter: str = opt("", "adapter folder whose LoRA weights a NEW run starts from (ignored on resume)")
     # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: Union[str, List[str]] = "all-linear"
-    # LoRA only on layers >= this index: backward stops there. 0 = every layer, the default: on SmolLM2
-    # (30 layers) the top 15 alone trained ~1.45x faster per step but learned far slower per step (dev F1
-    # 81.4 after 2,019 steps vs 89.9 after 1,250 on all layers; README).
-    lora_first_layer: int = 0
-    # optimisation
-    lr: float = 5e-4  # LoRA on a 135M model tolerates a high rate; warmup keeps the start stable
-    warmup_steps: int = 30
-    min_lr_ratio: float = 0.1  # cosine decay to 10% of lr
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm per step (LoRA at lr 5e-4 spikes without it)
-    # loss weight per target part (count, marker `\n<mention k>`, mention, EOS); saved with the adapter.
-    # The marker is ~45% of the supervised tokens and fully predictable from the count, the count decides
-    # recall (issue 14: given the right count, mention decoding beats AutoReg_Aug).
-    count_weight: float = 1.0
-    marker_weight: float = 1.0
-    mention_weight: float = 1.0
-    eos_weight: float = 1.0
-    epochs: float = 1.0  # may be fractional; max_steps wins when set
-    max_steps: Optional[int] = None
-    row_tokens: int = 512  # packed row length: documents' tries end to end (1024 ran 25% slower: L^2 masks)
-    rows_per_step: int = 2  # rows per optimizer step (~1k tokens, ~12 CoNLL sentences)
-    bf16: str = "auto"  # "auto": bf16 autocast where the CPU has AVX512-BF16/AMX (2.9x faster steps)
-    threads: int = 0  # torch threads; 0 = the cores this process may use (more than free cores is 7x slower)
-    seed: int = 0
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    target_modules: Union[str, List[str]] = opt("all-linear", "LoRA target modules: all-linear or comma-separated names")
+    # On SmolLM2 (30 layers) the top 15 alone trained ~1.45x faster per step but learned far slower per step
+    # (dev F1 81.4 after 2,019 steps vs 89.9 after 1,250 on all layers; README).
+    lora_first_layer: int = opt(0, "LoRA only on layers >= this index (0: every layer)")
+    # optimisation: LoRA on a 135M model tolerates a high rate; warmup keeps the start stable
+    lr: float = opt(5e-4, "peak learning rate")
+    warmup_steps: int = opt(30, "linear warmup steps")
+    min_lr_ratio: float = opt(0.1, "cosine decay ends at this fraction of lr")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "max gradient norm per step (LoRA at lr 5e-4 spikes without it)")
+    # The marker is ~45% of the supervised tokens and never generated at inference (it is written into the
+    # prompt); the count decides recall (issue 14: given the right count, mention decoding beats AutoReg_Aug).
+    count_weight: float = opt(1.0, "loss weight of the count tokens (digits and the newline ending them)")
+    marker_weight: float = opt(1.0, "loss weight of the '<mention k>' marker tokens")
+    mention_weight: float = opt(1.0, "loss weight of the mention tokens")
+    eos_weight: float = opt(1.0, "loss weight of the EOS token")
+    epochs: float = opt(1.0, "epochs of training data, may be fractional (max_steps wins when set)")
+    max_steps: Optional[int] = opt(None, "total optimizer steps (0 or unset: from epochs)")
+    # 1024 ran 25% slower than 512: the masks are L^2
+    row_tokens: int = opt(512, "packed row length: documents' tries end to end")
+    rows_per_step: int = opt(2, "rows per optimizer step (~1k tokens, ~12 CoNLL sentences)")
+    bf16: str = opt("auto", "bf16 autocast: auto (where the CPU has AVX512-BF16/AMX: 2.9x faster), true, false")
+    # more threads than free cores made steps 7x slower
+    threads: int = opt(0, "torch threads (0: the cores this process may use)")
+    seed: int = opt(0, "seed of the LoRA init and the data order")
     # bookkeeping
-    log_every: int = 10
-    checkpoint_every: int = 50  # a killed run loses at most this many steps ...
-    checkpoint_minutes: float = 5.0  # ... or this many minutes, whichever comes first
-    eval_every: int = 200
-    # dev docs scored during training, spread evenly over dev (every len(dev)/eval_docs-th document: dev
-    # files are topic-contiguous, so the first N documents are a biased sample)
-    eval_docs: int = 400
-    final_eval: bool = True  # score the best adapter on ALL of dev at the end (best/padellm.json "dev_full")
-    eval_batch_size: int = 64
-    max_new_tokens: int = 24
+    log_every: int = opt(10, "write a loss record every N steps")
+    checkpoint_every: int = opt(50, "checkpoint every N steps ...")
+    checkpoint_minutes: float = opt(5.0, "... or every N minutes, whichever comes first")
+    eval_every: int = opt(200, "score the dev sample every N steps")
+    # dev files are topic-contiguous, so the first N documents are a biased sample
+    eval_docs: int = opt(400, "dev documents in the selection sample, spread evenly over dev (0: all)")
+    final_eval: bool = opt(True, "score the selected adapter on ALL of dev at the end (best/padellm.json)")
+    eval_batch_size: int = opt(64, "documents per batch in dev evaluation")
+    max_new_tokens: int = opt(24, "longest mention in dev evaluation, in tokens")
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def field_help() -> Dict[str, str]:
+    """name -> the one line of help for every CLI-settable field."""
+    return {f.name: f.metadata["help"] for f in fields(TrainConfig) if "help" in f.metadata}

@@ -18,7 +18,9 @@ def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: 
                    ) -> Dict[str, Any]:
     """String-level micro-F1 (the paper's metric) and spaCy's span P/R/F over `gold_docs`."""
     pipeline = Language(nlp.vocab)
-    pipe = pipeline.add_pipe("padellm_ner", config={"labels": list(labels), "template": template,
+    # adapter=None: the model being trained is plugged in below; the shipped adapter (the default) knows
+    # only its own labels and would reject a user's new ones (E014)
+    pipe = pipeline.add_pipe("padellm_ner", config={"labels": list(labels), "template": template, "adapter": None,
                                                     "max_new_tokens": max_new_tokens, "device": "cpu"})
     pipe._decoder = Decoder(model, tokenizer, get_template(template), max_new_tokens)
     # predict on the gold tokenization, as CoNLL scoring does

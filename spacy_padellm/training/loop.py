@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -253,7 +253,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         best = final_evaluation(model, out / BEST, dev_docs, evaluate, best)
         log(log_path, {"step": step, "final_eval": best["dev_full"], "time": time.time()})
         save_checkpoint()  # a resumed finished run does not evaluate again
-    return best
+    return {**best, "adapter": str(out / BEST), "steps": step}
 
 
 def spread(docs: Sequence[Any], n: int) -> List[Any]:
