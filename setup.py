@@ -20,7 +20,7 @@ setup(
         "gguf>=0.10",
         "srsly>=2.4",
     ],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis"], "ray": ["ray[data]==2.58.0"]},
     entry_points={
         "spacy_factories": ["padellm_ner = spacy_padellm.component:make_padellm_ner"],
         "spacy_displacy_colors": ["spacy_padellm = spacy_padellm.displacy_colors:COLORS"],

@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--out", default=None, help="results JSON")
     bm.add_argument("--plot", default=None, help="results PNG")
     bm.set_defaults(func=_benchmark)
+
+    from .apply import add_apply_parser
+
+    add_apply_parser(sub)  # `apply PIPELINE INPUT OUTPUT`: a corpus, locally or on Ray (spacy_padellm[ray])
     return parser
 
 

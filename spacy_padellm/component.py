@@ -10,7 +10,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import srsly
 from spacy.language import Language
@@ -20,7 +20,7 @@ from spacy.training import Example
 from spacy.util import minibatch
 
 from .align import align_mentions, choose_entities
-from .chunking import chunk_doc, group, span_getter_bounds
+from .chunking import chunk_doc, group, span_getter_bounds, split_in_two
 from .dedup import dedup_mentions
 from .engine.forking import guard_after_fork, in_forked_child, set_threads
 from .errors import Errors, PaDeLLMError
@@ -38,7 +38,11 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "device": "auto",
     "dedup": True,  # the paper's one-label-per-string rule
     "spans_key": "padellm",
-    "max_chunk_tokens": 128,  # longer docs are cut at sentence boundaries into chunks of at most this
+    "max_chunk_tokens": 128,  # a sentence longer than this is cut at whitespace
+    "chunk_tokens": 0,  # sentences packed into one chunk up to this many tokens (0: a chunk per sentence)
+    "split_count": 6,  # a chunk whose count for a label reaches this is cut in two and decoded again (0: never)
+    "all_occurrences": False,  # also tag every same-case, token-aligned occurrence of a predicted string
+    "kv_budget_mb": 256,  # most MB of key/value cache materialised for one batch of mention rows
     "batch_tokens": 4096,  # most tokens (over all chunks) decoded together: bounds memory
     "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
     "speculate": 4,  # copy-speculative mention decoding: text tokens proposed per pass (same output, fewer passes)
@@ -76,16 +80,41 @@ ADAPTER_DIR = "adapter"
 )
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
                      template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
-                     spans_key: str, max_chunk_tokens: int, batch_tokens: int,
+                     spans_key: str, max_chunk_tokens: int, chunk_tokens: int, split_count: int,
+                     all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
                      tree: bool, count_guesses: int, count_bias: Optional[float],
                      mentions_from_text: bool, overwrite_ents: bool, threads: int) -> "PaDeLLMNER":
+    settings = {k: v for k, v in locals().items() if k in PIPE_DEFAULTS and k != "model"}
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
-                      batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                      dedup=dedup, spans_key=spans_key, max_chunk_tokens=max_chunk_tokens,
-                      batch_tokens=batch_tokens, span_getter=span_getter, speculate=speculate, tree=tree,
-                      count_guesses=count_guesses, count_bias=count_bias, mentions_from_text=mentions_from_text,
-                      overwrite_ents=overwrite_ents, threads=threads)
+                      span_getter=span_getter, **settings)
+
+
+def _check(key: str, value: Any) -> None:
+    """E010 for a setting of the wrong kind; the kinds are those of the defaults."""
+    default = PIPE_DEFAULTS[key]
+    if key in ("model", "device"):
+        return  # checked where they are resolved
+    if key == "count_bias":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a number or null"))
+    elif key == "dtype" and value not in ("auto", "float32", "bfloat16"):
+        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="use auto, float32 or bfloat16"))
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))
+    elif isinstance(default, int):
+        low = 1 if key in POSITIVE else 0
+        high = 9 if key == "count_guesses" else None
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+            why = f"must be an integer from {low}" + (f" to {high}" if high else "") + SETTING_NOTES.get(key, "")
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why=why))
+    elif isinstance(default, str) and (not isinstance(value, str) or not value):
+        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a non-empty string"))
+
+
+POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb"}
+SETTING_NOTES = {"threads": " (0: the cores this process may use)", "split_count": " (0: never split)"}
 
 
 class PaDeLLMNER(Pipe):
@@ -94,45 +123,22 @@ class PaDeLLMNER(Pipe):
 
     def __init__(self, vocab: Any, name: str = "padellm_ner", *, model: str = "smollm2-135m",
                  adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
-                 batch_size: int = 32, max_new_tokens: int = 32, dtype: str = "auto", device: str = "auto",
-                 dedup: bool = True, spans_key: str = "padellm", max_chunk_tokens: int = 128,
-                 batch_tokens: int = 4096, span_getter: Optional[Callable] = None, speculate: int = 4,
-                 tree: bool = True, count_guesses: int = 1, count_bias: Optional[float] = None,
-                 mentions_from_text: bool = False, overwrite_ents: bool = False, threads: int = 0) -> None:
+                 span_getter: Optional[Callable] = None, **settings: Any) -> None:
+        """`settings`: any of DEFAULT_CONFIG's engine settings (the rest take their defaults)."""
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
+        unknown = sorted(set(settings) - set(PIPE_DEFAULTS))
+        if unknown:
+            raise PaDeLLMError(Errors.E010.format(key=unknown[0], value=settings[unknown[0]],
+                                                  why=f"unknown setting; use some of {sorted(PIPE_DEFAULTS)}"))
         self.vocab = vocab
         self.name = name
         self.template_name = template
         get_template(template)
         self.model_ref = resolve_model(model)
-        for key, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
-                           ("max_chunk_tokens", max_chunk_tokens), ("batch_tokens", batch_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a positive integer"))
-        if not isinstance(speculate, int) or speculate < 0:
-            raise PaDeLLMError(Errors.E010.format(key="speculate", value=speculate, why="must be an integer >= 0"))
-        if not isinstance(count_guesses, int) or not 0 <= count_guesses <= 9:
-            raise PaDeLLMError(Errors.E010.format(key="count_guesses", value=count_guesses, why="must be 0 to 9"))
-        if count_bias is not None and (isinstance(count_bias, bool) or not isinstance(count_bias, (int, float))):
-            raise PaDeLLMError(Errors.E010.format(key="count_bias", value=count_bias, why="must be a number or null"))
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise PaDeLLMError(Errors.E010.format(key="threads", value=threads,
-                                                  why="must be an integer >= 0 (0: the cores this process may use)"))
-        for key, value in (("tree", tree), ("mentions_from_text", mentions_from_text),
-                           ("overwrite_ents", overwrite_ents)):
-            if not isinstance(value, bool):
-                raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))
-        if dtype not in ("auto", "float32", "bfloat16"):
-            raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
-        if not isinstance(spans_key, str) or not spans_key:
-            raise PaDeLLMError(Errors.E010.format(key="spans_key", value=spans_key, why="must be a non-empty string"))
-        self.cfg: Dict[str, Any] = dict(model=model, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                        dtype=dtype, device=device, dedup=dedup, spans_key=spans_key,
-                                        max_chunk_tokens=max_chunk_tokens, batch_tokens=batch_tokens,
-                                        speculate=speculate, tree=tree, count_guesses=count_guesses,
-                                        count_bias=count_bias, mentions_from_text=mentions_from_text,
-                                        overwrite_ents=overwrite_ents, threads=threads)
+        self.cfg: Dict[str, Any] = {**PIPE_DEFAULTS, **settings, "model": model}
+        for key, value in self.cfg.items():
+            _check(key, value)
         self.span_getter = span_getter  # a function from the registry: rebuilt from nlp.config, not saved
         self.adapter: Optional[str] = resolve_adapter(adapter, model)
         self._labels: Optional[List[str]] = validate_labels(labels) if labels is not None else None
@@ -205,6 +211,9 @@ class PaDeLLMNER(Pipe):
             set_threads(self.cfg.get("threads", 0))
         if self._decoder is None:
             from .engine.decoder import Decoder
+            from .engine.memory import return_freed_memory
+
+            return_freed_memory()  # caches of ever-different sizes would fragment the heap (memory.py)
             from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
 
             self._resolve_labels(strict=True)
@@ -219,7 +228,8 @@ class PaDeLLMNER(Pipe):
             self._decoder = Decoder(model, tokenizer, get_template(self.template_name), self.cfg["max_new_tokens"],
                                     speculate=self.cfg.get("speculate", 0), tree=self.cfg.get("tree", True),
                                     count_guesses=self.cfg.get("count_guesses", 0), count_bias=self.count_bias,
-                                    mentions_from_text=self.cfg.get("mentions_from_text", False))
+                                    mentions_from_text=self.cfg.get("mentions_from_text", False),
+                                    kv_budget_mb=self.cfg["kv_budget_mb"])
         return self._decoder
 
     def initialize(self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *,
@@ -254,27 +264,51 @@ class PaDeLLMNER(Pipe):
     def predict(self, docs: Iterable[Doc]) -> List[List[Any]]:
         """Per doc, a list of ChunkPrediction covering it; whitespace-only chunks skip the model.
 
-        Chunks of all docs are decoded together, in groups bounded by batch_size and batch_tokens.
+        Chunks of all docs are decoded together, in groups bounded by batch_size and batch_tokens. A chunk
+        whose count for some label reaches `split_count` asked for more mentions than the model learned to
+        list: it is cut in two and both halves are decoded again (recursively, down to
+        chunking.MIN_SPLIT_TOKENS), so a dense chunk is never capped silently.
         """
         docs = list(docs)
-        max_tokens = self.cfg["max_chunk_tokens"]
         bounds = span_getter_bounds(self.span_getter, docs) if self.span_getter else [None] * len(docs)
-        chunks = [(i, s, e) for i, doc in enumerate(docs) for s, e in chunk_doc(doc, max_tokens, bounds[i])
-                  if doc[s:e].text.strip()]
+        todo = [(i, s, e) for i, doc in enumerate(docs)
+                for s, e in chunk_doc(doc, self.cfg["max_chunk_tokens"], bounds[i], self.cfg["chunk_tokens"])
+                if doc[s:e].text.strip()]
+        found: Dict[Tuple[int, int, int], Any] = {}
+        passes = [0] * len(docs)
+        while todo:
+            again: List[Tuple[int, int, int]] = []
+            for ids in group([e - s for _, s, e in todo], self.cfg["batch_size"], self.cfg["batch_tokens"]):
+                part = [todo[j] for j in ids]
+                # stripped: a chunk cut at a line break starts or ends with the break, which no training
+                # prompt held (mentions are aligned in the doc, so offsets are unaffected)
+                preds = self.decoder.predict([docs[i][s:e].text.strip() for i, s, e in part], list(self.labels),
+                                             [e - s for _, s, e in part])
+                group_passes: Dict[int, int] = {}
+                for (i, s, e), pred in zip(part, preds):  # chunks of one doc in one group share their passes
+                    group_passes[i] = max(group_passes.get(i, 0), pred.stats["forward_passes"])
+                    halves = self._split_if_saturated(docs[i], s, e, pred)
+                    if halves:
+                        again += [(i, a, b) for a, b in halves if docs[i][a:b].text.strip()]
+                    else:
+                        found[(i, s, e)] = pred
+                for i, n in group_passes.items():
+                    passes[i] += n
+            todo = again
         out: List[List[Any]] = [[] for _ in docs]
-        sizes = [e - s for _, s, e in chunks]
-        for ids in group(sizes, self.cfg["batch_size"], self.cfg["batch_tokens"]):
-            part = [chunks[j] for j in ids]
-            preds = self.decoder.predict([docs[i][s:e].text for i, s, e in part], list(self.labels),
-                                         [e - s for _, s, e in part])
-            passes: Dict[int, int] = {}
-            for (i, s, e), pred in zip(part, preds):  # chunks of one doc in one group share their passes
-                passes[i] = max(passes.get(i, 0), pred.stats["forward_passes"])
-                out[i].append(ChunkPrediction(s, e, pred, 0))
-            for i, n in passes.items():
-                last = out[i][-1]
-                out[i][-1] = ChunkPrediction(last.start, last.end, last.prediction, n)
+        for (i, s, e) in sorted(found):
+            out[i].append(ChunkPrediction(s, e, found[(i, s, e)], 0))
+        for i, chunks in enumerate(out):  # the doc's passes ride on its last chunk (set_annotations sums)
+            if chunks:
+                last = chunks[-1]
+                chunks[-1] = ChunkPrediction(last.start, last.end, last.prediction, passes[i])
         return out
+
+    def _split_if_saturated(self, doc: Doc, start: int, end: int, pred: Any) -> Optional[List[Tuple[int, int]]]:
+        limit = self.cfg["split_count"]
+        if not limit or not pred.counts or max(pred.counts.values()) < limit:
+            return None
+        return split_in_two(doc, start, end)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Sequence[List[Any]]) -> None:
         labels = list(self.labels)
@@ -290,7 +324,8 @@ class PaDeLLMNER(Pipe):
                     mentions, gone = dedup_mentions(mentions, labels)
                     dropped += gone
                 span = doc[chunk.start:chunk.end]
-                found, lost = align_mentions(doc, mentions, span.start_char, span.end_char)
+                found, lost = align_mentions(doc, mentions, span.start_char, span.end_char,
+                                             self.cfg.get("all_occurrences", False))
                 aligned += found
                 missing += lost
                 kept += mentions

@@ -102,3 +102,46 @@ def test_dedup_keeps_most_probable_label_tie_goes_to_first_label():
 def test_dedup_is_case_sensitive():
     kept, dropped = dedup_mentions([M("PER", 1, "may", -1.0), M("MISC", 1, "May", -0.1)], ["PER", "MISC"])
     assert len(kept) == 2 and dropped == []
+
+
+def test_alignment_never_moves_backwards_after_an_unsupported_repeat():
+    """Issue 19's case: an extra Toyota used to fall back to the first Toyota and drag the search back, so
+    the last Honda landed on the first Honda and the second Honda stayed untagged."""
+    doc = nlp("Toyota beat Honda. Later Toyota and Honda met again in Tokyo.")
+    said = ["Toyota", "Honda", "Toyota", "Toyota", "Honda"]
+    aligned, missing = align_mentions(doc, [M("ORG", k, t) for k, t in enumerate(said, start=1)])
+    assert [(doc[a.start:a.end].text, doc[a.start].idx) for a in aligned] == [
+        ("Toyota", 0), ("Honda", 12), ("Toyota", 25), ("Honda", 36)]
+    assert [m.k for m in missing] == [4]  # only the extra Toyota: no Toyota follows the second one
+
+
+def test_all_occurrences_tags_every_same_case_token_aligned_occurrence():
+    doc = nlp("Orlando City won. Orlando City lost. orlando city fans and Orlando Cityscape.")
+    aligned, _ = align_mentions(doc, [M("ORG", 1, "Orlando City")], all_occurrences=True)
+    assert [doc[a.start].idx for a in aligned] == [0, 18]  # not the lower-case one, not inside "Cityscape"
+    plain, _ = align_mentions(doc, [M("ORG", 1, "Orlando City")])
+    assert len(plain) == 1
+
+
+def test_fuzzed_repeats_align_in_order_and_never_backwards():
+    """Random texts of repeated names, random model outputs (true mentions in order, with extra repeats and
+    drops): the aligned spans of a label are strictly increasing, each a true occurrence of its string,
+    and mentions that match the text's order are all placed."""
+    import random
+
+    rng = random.Random(0)
+    names = ["Toyota", "Honda", "Tokyo", "Orlando City", "Ford"]
+    for _ in range(300):
+        words = [rng.choice(names) for _ in range(rng.randint(1, 12))]
+        text = " and ".join(words) + " ."
+        doc = nlp(text)
+        said = [w for w in words if rng.random() > 0.2]
+        for _ in range(rng.randint(0, 3)):  # extra repeats the text may not hold
+            said.insert(rng.randint(0, len(said)), rng.choice(names))
+        aligned, missing = align_mentions(doc, [M("ORG", k, t) for k, t in enumerate(said, start=1)])
+        starts = [a.start for a in sorted(aligned, key=lambda a: a.k)]
+        assert starts == sorted(starts) and len(set(starts)) == len(starts)
+        assert all(doc[a.start:a.end].text == a.text for a in aligned)
+        assert len(aligned) + len(missing) == len(said)
+        in_order, _ = align_mentions(doc, [M("ORG", k, t) for k, t in enumerate(words, start=1)])
+        assert len(in_order) == len(words)

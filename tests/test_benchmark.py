@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers import LABELS, make_adapter
 
 CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
@@ -11,6 +13,7 @@ CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
     ("Nothing", "O"), ("here", "O"), (".", "O"), ("", "")])
 
 
+@pytest.mark.slow  # every method, two batch sizes
 def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_adapter):
     adapters = {name: tiny_adapter for name in ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring",
                                                   "padellm_reference")}

@@ -126,6 +126,7 @@ Bob NNP B-NP B-PER
 """
 
 
+@pytest.mark.slow  # a spaCy project run: five subprocesses
 def test_project_workflow_runs_end_to_end_on_a_tiny_slice(tmp_path, tiny_llama):
     import subprocess
     import sys

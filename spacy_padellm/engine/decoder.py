@@ -28,7 +28,8 @@ from .kv import KVState, Trie, extend, extend_tree, supports_tree
 from .substring import SubstringConstraint, TokenBytes
 
 MAX_COUNT_DIGITS = 3  # a count never exceeds the tokens of a sentence; 3 digits bound a babbling model
-MAX_ROWS_PER_PASS = 512  # mention rows decoded together; bounds memory when a model babbles high counts
+MAX_ROWS_PER_PASS = 512  # mention rows decoded together, at most (the KV budget usually binds first)
+KV_BUDGET_MB = 256  # the key/value cache one batch of rows may hold, materialised (see _row_batches)
 # count guesses and copy-speculation feed extra tokens to save passes: a win while a pass is bound by
 # reading the weights (few rows), a loss once it is bound by compute (at 32 docs per call the engine with
 # both ran at 0.85x the docs/s of the one without, BENCHMARKS.md); they apply to calls of at most this
@@ -82,8 +83,13 @@ class Decoder:
 
     def __init__(self, model: Any, tokenizer: Any, template: Template, max_new_tokens: int = 32,
                  speculate: int = 0, tree: bool = True, count_guesses: int = 1, count_bias: float = 0.0,
-                 small_batch: int = SMALL_BATCH, mentions_from_text: bool = False) -> None:
+                 small_batch: int = SMALL_BATCH, mentions_from_text: bool = False,
+                 kv_budget_mb: int = KV_BUDGET_MB) -> None:
         self.model = model
+        # mention rows are materialised (each a copy of its prompt's cache) in batches of at most this many
+        # bytes of cache, so memory does not grow with the number of mentions in a call
+        self.kv_budget = int(kv_budget_mb) * 2 ** 20
+        self.kv_per_token = kv_bytes_per_token(model)
         self.speculate = speculate  # copy-speculation: source tokens proposed per pass (0 = plain greedy)
         self.tree = tree and supports_tree(model)  # tree-shaped passes where the model family allows
         self.count_guesses = count_guesses  # counts 1..N whose mention prompts ride along in pass 1
@@ -138,11 +144,22 @@ class Decoder:
     # ---- stages -----------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str], labels: Sequence[str], max_counts: Sequence[int]
                 ) -> List[DocPrediction]:
-        """Entities of every text under every label; `max_counts[i]` caps the mentions per label."""
-        stats = [DocStats() for _ in texts]
+        """Entities of every text under every label; `max_counts[i]` caps the mentions per label.
+
+        Texts are decoded in groups whose label prompts' cache fits the KV budget (every label row holds
+        a copy of its text's prompt), so memory does not grow with the number or length of texts."""
         if not texts:
             return []
         prompts = [[self.encode(self.template.prompt(t, lab)) for lab in labels] for t in texts]
+        out: List[DocPrediction] = []
+        for rows in self._row_batches([sum(len(p) for p in ps) for ps in prompts]):
+            out += self._predict([texts[r] for r in rows], labels, [max_counts[r] for r in rows],
+                                 [prompts[r] for r in rows])
+        return out
+
+    def _predict(self, texts: Sequence[str], labels: Sequence[str], max_counts: Sequence[int],
+                 prompts: List[List[List[int]]]) -> List[DocPrediction]:
+        stats = [DocStats() for _ in texts]
         small = len(texts) <= self.small_batch
         self._guesses_now = self.count_guesses if small else 0
         self._speculate_now = self.speculate if small else 0
@@ -263,7 +280,6 @@ class Decoder:
                               for r in verified]
             ends = self._count_token(torch.stack(guessed_logits))
             going_on, going_paths = [], []
-            picks = []
             for r, tok in zip(verified, ends):
                 d, j = label_rows[r]
                 stats[d].generated_tokens += 1
@@ -275,18 +291,16 @@ class Decoder:
                     going_paths.append(trie.path(trie.ends[layout[key]]))
                     continue
                 for k in range(1, key[1] + 1):
-                    picks.append((d, trie.path(trie.ends[layout[key + (k,)]])))
-                    ready.add(d, j, k, logits[d][layout[key + (k,)]], prompts[d][j])
-            if picks:
-                ready.states.append(doc_tree.branch([p[0] for p in picks], [0] * len(picks), [p[1] for p in picks]))
+                    ready.add(d, j, k, logits[d][layout[key + (k,)]], prompts[d][j],
+                              (doc_tree, d, 0, trie.path(trie.ends[layout[key + (k,)]])))
             if going_on:
                 state = doc_tree.branch([row_docs[r] for r in going_on], [0] * len(going_on), going_paths)
                 self._continue_count(state, going_on, digits, row_docs, stats)
         fallback = [r for r in verified if len(digits[r]) > 1]
         label_state = None
-        if open_rows or fallback:
+        if open_rows or fallback:  # each label row's cache is cut out of the doc tree when a pass needs it
             paths = [doc_tries[d].path(doc_tries[d].ends[layouts[d][(j,)]]) for d, j in label_rows]
-            label_state = doc_tree.branch(row_docs, [0] * len(label_rows), paths)
+            label_state = _LabelRows(doc_tree, row_docs, paths)
         for group in self._groups(open_rows, digits, row_docs, max_counts):
             fallback += self._mention_tree(group, texts, labels, prompts, label_rows, label_state, digits,
                                            max_counts, stats, ready)
@@ -362,7 +376,7 @@ class Decoder:
         logits, tree = self._tree_forward(label_state.select(group, bases), tries, [t.ends for t in tries],
                                           group_docs, stats, "mention_prompt")
         ends = self._count_token(torch.stack([lg[0] for lg in logits]))
-        picks, going_on = [], []
+        going_on = []
         for i, (r, tok) in enumerate(zip(group, ends)):
             stats[group_docs[i]].generated_tokens += 1
             if tok in self.digit_ids:
@@ -371,10 +385,7 @@ class Decoder:
                 continue
             d, j = label_rows[r]
             for k in range(1, counts[i] + 1):
-                picks.append((i, bases[i], tries[i].path(tries[i].ends[k])))
-                ready.add(d, j, k, logits[i][k], prompts[d][j])
-        if picks:
-            ready.states.append(tree.branch([p[0] for p in picks], [p[1] for p in picks], [p[2] for p in picks]))
+                ready.add(d, j, k, logits[i][k], prompts[d][j], (tree, i, bases[i], tries[i].path(tries[i].ends[k])))
         if not going_on:
             return []
         rows = [group[i] for i in going_on]
@@ -388,15 +399,15 @@ class Decoder:
         """Decode every requested (doc, label, count, k) mention greedily, in chunks of rows."""
         n_labels = len(labels)
         out: List[List[MentionPrediction]] = [[] for _ in texts]
-        for start in range(0, len(requests), MAX_ROWS_PER_PASS):
-            chunk = requests[start: start + MAX_ROWS_PER_PASS]
+        fulls = [self.encode(self.template.mention_prompt(texts[d], labels[j], c, k)) for d, j, c, k in requests]
+        for rows in self._row_batches([len(f) + self.max_new_tokens for f in fulls]):
+            chunk = [requests[r] for r in rows]
             sources, keeps, suffixes = [], [], []
-            for d, j, c, k in chunk:
-                full = self.encode(self.template.mention_prompt(texts[d], labels[j], c, k))
-                keep = min(common_prefix_len(full, prompts[d][j]), len(full) - 1)
+            for r, (d, j, c, k) in zip(rows, chunk):
+                keep = min(common_prefix_len(fulls[r], prompts[d][j]), len(fulls[r]) - 1)
                 sources.append(d * n_labels + j)
                 keeps.append(keep)
-                suffixes.append(full[keep:])
+                suffixes.append(fulls[r][keep:])
             decoded = self.greedy(label_state.select(sources, keeps), suffixes, [r[0] for r in chunk], stats,
                                   [prompts[d][j] for d, j, _, _ in chunk], [texts[d] for d, _, _, _ in chunk])
             for (d, j, c, k), (ids, logprob, done) in zip(chunk, decoded):
@@ -480,6 +491,22 @@ class Decoder:
                 pending = pending[:, None, :]
         return [(ids[r], logprob[r], done[r]) for r in range(n)]
 
+    def _row_batches(self, tokens: Sequence[int]) -> List[List[int]]:
+        """Consecutive row indices in batches whose cache fits the KV budget: rows sit side by side padded
+        to the widest, so a batch costs rows x widest x this model's bytes per token (`tokens[r]`: row r's
+        cached tokens). At most MAX_ROWS_PER_PASS rows; a row too big for the budget alone is a batch."""
+        batches: List[List[int]] = []
+        widest = 0
+        for r, n in enumerate(tokens):
+            grown = max(widest, n)
+            if (not batches or (len(batches[-1]) + 1) * grown * self.kv_per_token > self.kv_budget
+                    or len(batches[-1]) >= MAX_ROWS_PER_PASS):
+                batches.append([])
+                grown = n
+            batches[-1].append(r)
+            widest = grown
+        return batches
+
     def _constraints(self, texts: Optional[List[str]], n: int) -> List[Optional[SubstringConstraint]]:
         if not self.mentions_from_text or texts is None:
             return [None] * n
@@ -554,33 +581,80 @@ class Decoder:
             self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
+class _LabelRows:
+    """The label rows of a tree pass (doc, label prompt) as a KVState-like `select`: each selected row is
+    cut out of the doc tree when selected, so the cache of every label row is never held at once (it is
+    labels x docs copies of the doc prefixes: 240 MB for 32 CoNLL sentences in bf16)."""
+
+    def __init__(self, tree: Any, row_docs: List[int], paths: List[List[int]]) -> None:
+        self.tree, self.row_docs, self.paths = tree, row_docs, paths
+
+    def select(self, rows: Sequence[int], keep: Optional[Sequence[int]] = None) -> KVState:
+        """Rows `rows`, each cut back to its first `keep[i]` tokens (the doc tree caches nothing before
+        its tries, so a row's tokens are its path's nodes)."""
+        keeps = list(keep) if keep is not None else [len(self.paths[r]) for r in rows]
+        return self.tree.branch([self.row_docs[r] for r in rows], [0] * len(rows),
+                                [self.paths[r][:k] for r, k in zip(rows, keeps)])
+
+
 class _Ready:
     """Mention rows whose prompt is cached and whose first-token logits are known, gathered from the tree
-    passes and decoded together (so a doc's mentions from pass 1 and pass 2 share their greedy passes)."""
+    passes and decoded together (so a doc's mentions from pass 1 and pass 2 share their greedy passes).
+
+    A row is kept as a recipe (tree state, row, cached tokens kept, trie path), not as a copy of its cache:
+    the copies are made per batch that fits the decoder's KV budget, so peak memory is one batch of rows,
+    whatever the number of mentions."""
 
     def __init__(self) -> None:
-        self.states: List[KVState] = []
+        self.branches: List[Tuple[Any, int, int, List[int]]] = []  # (TreeState, row, keep, path)
         self.logits: List[torch.Tensor] = []
         self.keys: List[Tuple[int, int, int]] = []  # (doc, label index, k)
         self.sources: List[Sequence[int]] = []
 
-    def add(self, doc: int, label: int, k: int, logits: torch.Tensor, source: Sequence[int]) -> None:
+    def add(self, doc: int, label: int, k: int, logits: torch.Tensor, source: Sequence[int],
+            branch: Tuple[Any, int, int, List[int]]) -> None:
         self.keys.append((doc, label, k))
         self.logits.append(logits)
         self.sources.append(source)
+        self.branches.append(branch)
+
+    def state(self, rows: Sequence[int]) -> KVState:
+        """The cache of `rows`: one branch() per run of rows from the same tree state, concatenated."""
+        parts, run = [], [rows[0]]
+        for r in list(rows[1:]) + [None]:
+            if r is not None and self.branches[r][0] is self.branches[run[0]][0]:
+                run.append(r)
+                continue
+            tree = self.branches[run[0]][0]
+            parts.append(tree.branch([self.branches[x][1] for x in run], [self.branches[x][2] for x in run],
+                                     [self.branches[x][3] for x in run]))
+            if r is not None:
+                run = [r]
+        return KVState.cat(parts)
 
     def decode(self, decoder: Decoder, texts: Sequence[str], labels: Sequence[str], stats: List[DocStats],
                out: List[List[MentionPrediction]]) -> None:
         if not self.keys:
             return
-        state = KVState.cat(self.states)
         logits = torch.stack(self.logits)
-        for start in range(0, len(self.keys), MAX_ROWS_PER_PASS):
-            rows = list(range(start, min(start + MAX_ROWS_PER_PASS, len(self.keys))))
-            part = state if len(rows) == len(self.keys) else state.select(rows)
+        lengths = [b[2] + len(b[3]) + decoder.max_new_tokens for b in self.branches]
+        for rows in decoder._row_batches(lengths):
             keys = [self.keys[r] for r in rows]
-            decoded = decoder.continue_greedy(part, logits[rows], [k[0] for k in keys], stats,
+            decoded = decoder.continue_greedy(self.state(rows), logits[rows], [k[0] for k in keys], stats,
                                               [self.sources[r] for r in rows], [texts[k[0]] for k in keys])
             for (d, j, k), (ids, logprob, done) in zip(keys, decoded):
                 text = decoder.text_of(ids)
                 out[d].append(MentionPrediction(labels[j], k, text, logprob, len(ids), done))
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """Bytes of key/value cache one token costs in `model` (all layers, keys and values), from its config
+    and weights' dtype: what sizes the batches of mention rows."""
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 64)
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    itemsize = next(model.parameters()).element_size()
+    return int(layers * 2 * kv_heads * head_dim * itemsize)
