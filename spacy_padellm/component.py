@@ -211,10 +211,10 @@ class PaDeLLMNER(Pipe):
             set_threads(self.cfg.get("threads", 0))
         if self._decoder is None:
             from .engine.decoder import Decoder
+            from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
             from .engine.memory import return_freed_memory
 
             return_freed_memory()  # caches of ever-different sizes would fragment the heap (memory.py)
-            from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
 
             self._resolve_labels(strict=True)
             import torch
