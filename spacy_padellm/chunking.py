@@ -5,8 +5,9 @@ its own sentence boundaries (set by a sentencizer or parser), else at the built-
 per chunk by default (`pack_tokens` packs short ones together), and a sentence longer than `max_tokens` is
 cut at whitespace. Sentence chunks keep each label's count in the range the model learned (counts of 5+
 are 0.1% of CoNLL train's): on 20,000 words of CoNLL lines, packing sentences into chunks of up to 40
-tokens lost 4.0 points of span recall against sentence by sentence (issue 19, BENCHMARKS.md). Batches are bounded by a total token
-budget as well as a chunk count, so a batch of long documents cannot exhaust memory.
+tokens lost 4.0 points of span recall against sentence by sentence (issue 19, BENCHMARKS.md). Batches
+are bounded by a total token budget as well as a chunk count, so a batch of long documents cannot exhaust
+memory.
 """
 from __future__ import annotations
 
