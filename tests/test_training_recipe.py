@@ -116,3 +116,22 @@ def test_train_config_fields_reach_the_cli():
                                       "false", "--init-adapter", "x"])
     assert (args.count_weight, args.marker_weight, args.final_eval, args.init_adapter) == (3.0, 0.0, False, "x")
     assert TrainConfig().final_eval is True
+
+
+def test_a_slim_checkpoint_resumes_with_the_same_schedule(tmp_path, wide_tiny):
+    """What travels in git: bf16 adapter and step/schedule, no Adam moments; the run goes on from its step
+    and every learning rate is the original schedule's."""
+    from spacy_padellm.training.loop import slim_checkpoint
+
+    cfg = overfit_config(tmp_path, wide_tiny, dev="", max_steps=6, checkpoint_every=3, final_eval=False)
+    train(cfg)
+    ckpt = Path(cfg.output) / "checkpoint"
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    torch.save({**state, "step": 3}, ckpt / "state.pt")  # as if killed after step 3
+    slim_checkpoint(ckpt)
+    slim = torch.load(ckpt / "state.pt", weights_only=False)
+    assert "optimizer" not in slim and slim["step"] == 3 and slim["total"] == 6
+    train(overfit_config(tmp_path, wide_tiny, dev="", max_steps=99, checkpoint_every=3, final_eval=False))
+    assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 6
+    log = [json.loads(x) for x in (Path(cfg.output) / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["lr"] == pytest.approx(lr_at(r["step"] - 1, 6, cfg)) for r in log if "lr" in r)

@@ -169,8 +169,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     ckpt = out / CHECKPOINT
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False)
-        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
+        set_peft_model_state_dict(model, {k: v.float() for k, v in
+                                          load_file(str(ckpt / "adapter_model.safetensors")).items()})
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        else:  # a slim checkpoint (slim_checkpoint): same weights, step and schedule; Adam's moments restart
+            print("[train] slim checkpoint: the optimizer state starts afresh", flush=True)
         step, best = state["step"], state["best"]
         torch.set_rng_state(state["rng"])
         total = resumed_total(state, total)
@@ -254,6 +258,25 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         log(log_path, {"step": step, "final_eval": best["dev_full"], "time": time.time()})
         save_checkpoint()  # a resumed finished run does not evaluate again
     return {**best, "adapter": str(out / BEST), "steps": step}
+
+
+def slim_checkpoint(folder: Path) -> None:
+    """Shrink a checkpoint to what travels in git between sessions: the adapter in bf16 and the step,
+    schedule, best score and RNG state, without Adam's moments (twice the adapter's size in float32). A run
+    resumed from it keeps its schedule; only the optimizer's running averages start again."""
+    from safetensors.torch import load_file, save_file
+
+    state = torch.load(folder / "state.pt", weights_only=False)
+    weights = folder / "adapter_model.safetensors"
+    slim = {k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}
+
+    def write(tmp: Path) -> None:
+        for f in folder.iterdir():
+            if f.name not in ("state.pt", weights.name):
+                shutil.copy2(f, tmp / f.name)
+        save_file(slim, str(tmp / weights.name))
+        torch.save({k: v for k, v in state.items() if k != "optimizer"}, tmp / "state.pt")
+    atomic_dir_write(folder, write)
 
 
 def spread(docs: Sequence[Any], n: int) -> List[Any]:
