@@ -22,7 +22,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from spacy.tokens import Doc, Span
 
-from .engine_types import MentionLike
+from .types import MentionLike
 
 
 @dataclass(frozen=True)

@@ -13,31 +13,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from spacy.scorer import get_ner_prf
 from spacy.tokens import Doc
 from spacy.training import Example
 
 from .errors import Errors, PaDeLLMError
-from .scoring import gold_strings, predicted_strings, string_prf
+from .evaluation import gold_copy, metrics
+from .scoring import predicted_strings
+from .settings import PRESETS
+from .types import STAGES
 
-METHODS = ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference", "autoreg_struct",
-           "autoreg_aug")
-# padellm_rows: our engine before the tree passes (one row per sequence, no count guesses, no speculation);
-# padellm_fp32: the default engine with float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX);
-# padellm_substring: the default engine with mentions constrained to substrings of the text (opt-in)
-ENGINE_CONFIGS = {"padellm": {}, "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
-                  "padellm_fp32": {"dtype": "float32"}, "padellm_substring": {"mentions_from_text": True}}
+METHODS = (*PRESETS, "padellm_reference", "autoreg_struct", "autoreg_aug")  # PRESETS: settings.py
 PACKAGE = Path(__file__).resolve().parent
-ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*ENGINE_CONFIGS, "padellm_reference")},
+ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*PRESETS, "padellm_reference")},
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",
             "autoreg_aug": PACKAGE / "baseline_adapters" / "autoreg_aug"}
 PER_DOC = ("forward_passes", "prompt_tokens", "generated_tokens")  # reported as means per document
 STATS = (*PER_DOC, "sequences", "sequence_tokens")
 Run = Callable[[List[Doc]], List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]]
-
-
-def _copy(gold: Doc) -> Doc:
-    return Doc(gold.vocab, words=[t.text for t in gold], spaces=[bool(t.whitespace_) for t in gold])
 
 
 def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dtype: str, threads: int = 0
@@ -66,35 +58,25 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
         if name.startswith("padellm"):
             nlp = spacy.blank("en")
             pipe = nlp.add_pipe("padellm_ner", config={"model": model, "adapter": path, "dtype": dtype,
-                                                       "threads": threads, **ENGINE_CONFIGS.get(name, {})})
-            if name in ENGINE_CONFIGS:
-                def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
-                    out = list(nlp.pipe([_copy(d) for d in docs], batch_size=len(docs)))
-                    return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in STATS}) for d in out]
-                run.decoder = pipe.decoder  # type: ignore[attr-defined]  # per-stage timings
+                                                       "threads": threads, **PRESETS.get(name, {})})
+            meter = None
+            if name == "padellm_reference":  # the paper's procedure, through the same pipe (chunking, alignment)
+                pipe.set_engine(ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
+                                                 pipe.template_name, pipe.cfg["max_new_tokens"], pipe.count_bias))
             else:
-                ref = ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
-                                       pipe.template_name, pipe.cfg["max_new_tokens"], pipe.count_bias)
+                meter = pipe.decoder.meter  # per-stage timings
 
-                def run(docs: List[Doc], ref: Any = ref, pipe: Any = pipe
-                        ) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
-                    from .component import ChunkPrediction
-                    from .engine.decoder import DocPrediction
-
-                    preds = ref.predict([d.text for d in docs], [len(d) for d in docs])
-                    out = []
-                    for gold, (mentions, stats) in zip(docs, preds):
-                        doc = _copy(gold)
-                        pipe.set_annotations([doc], [[ChunkPrediction(0, len(doc), DocPrediction(
-                            {}, {}, tuple(mentions), stats), stats["forward_passes"])]])
-                        out.append((doc, predicted_strings(doc), stats))
-                    return out
+            def run(docs: List[Doc], nlp: Any = nlp) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
+                out = list(nlp.pipe([gold_copy(d) for d in docs], batch_size=len(docs)))
+                return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in STATS}) for d in out]
+            run.meter = meter  # type: ignore[attr-defined]
+            run.model = pipe.decoder.model  # type: ignore[attr-defined]  # the floor's shapes
         else:
             base, tokenizer = load_base(resolve_model(model), resolve_dtype(dtype, device), device)
             ner = AutoregNER(apply_adapter(base, path, model), tokenizer, meta["labels"], name)
 
             def run(docs: List[Doc], ner: Any = ner) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
-                return [(set_pairs(_copy(g), pairs), {(lab, s.strip()) for lab, s in pairs}, stats)
+                return [(set_pairs(gold_copy(g), pairs), {(lab, s.strip()) for lab, s in pairs}, stats)
                         for g, (pairs, stats) in zip(docs, ner.predict([d.text for d in docs]))]
         runners[name] = run
     return runners
@@ -106,14 +88,18 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
     for name in names:  # warm-up: allocator, oneDNN kernels, lazy loading
         runners[name](gold[:warmup])
     result: Dict[str, Any] = {"device": device_description(), "n_docs": len(gold), "methods": {}}
+    model = next((r.model for r in runners.values() if getattr(r, "model", None) is not None), None)
+    if model is not None:  # the machine's matmul rate at this model's shapes, measured in this run
+        from .engine.floor import calibrate
+
+        result["floor"] = calibrate(model)
     for name in names:
         result["methods"][name] = {"by_batch_size": {}}
     for bs in batch_sizes:
         for name in names:
-            decoder = getattr(runners[name], "decoder", None)
-            if decoder is not None:
-                decoder.stage_seconds.clear()
-                decoder.stage_passes.clear()
+            meter = getattr(runners[name], "meter", None)
+            if meter is not None:
+                meter.clear()
         batches = [gold[i:i + bs] for i in range(0, len(gold), bs)]
         times: Dict[str, List[float]] = {n: [] for n in names}
         outputs: Dict[str, List[Any]] = {n: [] for n in names}
@@ -135,19 +121,15 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                      # the paper's "sequence length": tokens per output sequence, over all sequences
                      "sequence_tokens_mean": sum(s["sequence_tokens"] for s in stats)
                      / max(1, sum(s["sequences"] for s in stats))}
-            decoder = getattr(runners[name], "decoder", None)
-            if decoder is not None:  # where the time goes: per stage, ms per doc and passes per batch
-                entry["stages"] = {stage: {"ms_per_doc": 1000 * sec / len(gold),
-                                           "passes_per_batch": decoder.stage_passes.get(stage, 0) / len(batches)}
-                                   for stage, sec in decoder.stage_seconds.items()}
+            meter = getattr(runners[name], "meter", None)
+            if meter is not None:  # where the time goes: per stage, ms per doc and passes per batch
+                entry["stages"] = stage_entries(meter, runners[name].model, result.get("floor"), len(gold),
+                                                len(batches))
             result["methods"][name]["by_batch_size"][str(bs)] = entry
             if "f1_string" not in result["methods"][name]:
-                scored = [(strings, gold_strings(g)) for (_, strings, _), g in zip(outputs[name], gold)]
-                prf = string_prf(scored)
-                span = get_ner_prf([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
-                result["methods"][name].update(f1_string=prf.fscore, f1_span=span["ents_f"],
-                                               p_string=prf.precision, r_string=prf.recall,
-                                               f1_string_by_label=string_f1_by_label(scored))
+                scores = metrics([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
+                result["methods"][name].update({k: scores[k] for k in ("f1_string", "f1_span", "p_string",
+                                                                       "r_string", "f1_string_by_label")})
                 if "padellm" in names:  # F1 hides flips that cancel; count the documents whose output differs
                     pairs = zip(outputs[name], outputs["padellm"])
                     same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
@@ -165,11 +147,25 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
     return result
 
 
-def string_f1_by_label(pairs: Sequence[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]]) -> Dict[str, float]:
-    """The paper's string F1 per label (over gold and predicted labels): where a quality gap comes from."""
-    labels = sorted({label for pred, ref in pairs for label, _ in pred | ref})
-    return {label: string_prf(({p for p in pred if p[0] == label}, {r for r in ref if r[0] == label})
-                              for pred, ref in pairs).fscore for label in labels}
+def stage_entries(meter: Any, model: Any, floor: Optional[Dict[str, Any]], n_docs: int, n_batches: int
+                  ) -> Dict[str, Dict[str, float]]:
+    """Per stage: ms per doc, passes per batch, ms and tokens per pass, and the achieved GFLOP/s with its
+    share of the calibrated rate of the model's dtype (the floor)."""
+    import torch
+
+    from .engine.floor import flops
+
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    rate = (floor or {}).get("gflops_bf16" if bf16 else "gflops_fp32")
+    out = {}
+    for stage, sec in meter.seconds.items():
+        passes = max(1, meter.passes.get(stage, 0))
+        gflops = flops(model, meter.tokens.get(stage, 0), meter.logits.get(stage, 0),
+                       meter.attended.get(stage, 0.0)) / max(sec, 1e-9) / 1e9
+        out[stage] = {"ms_per_doc": 1000 * sec / n_docs, "passes_per_batch": meter.passes.get(stage, 0) / n_batches,
+                      "ms_per_pass": 1000 * sec / passes, "tokens_per_pass": meter.tokens.get(stage, 0) / passes,
+                      "gflops": gflops, "floor_share": gflops / rate if rate else float("nan")}
+    return out
 
 
 def _quantile(values: List[float], q: float) -> float:
@@ -209,17 +205,25 @@ def table(result: Dict[str, Any]) -> str:
 
 
 def stage_table(result: Dict[str, Any]) -> str:
-    """Where the time goes, per engine variant and batch size: ms per doc and passes per batch by stage."""
-    lines = [f"{'method':<14} {'bs':>3} " + " ".join(f"{s + ' ms':>18} {'passes':>6}" for s in STAGES)]
+    """Where the time goes, per engine variant, batch size and stage: ms per doc, passes per batch, ms and
+    tokens per pass, achieved GFLOP/s and its share of the floor (the calibrated matmul rate)."""
+    floor = result.get("floor")
+    lines = []
+    if floor:
+        lines.append(f"floor: {floor['cpu']} [{' '.join(floor['flags'])}], {floor['threads']} threads: GEMMs of the "
+                     f"model's shapes ({floor['tokens']} tokens) at {floor['gflops_fp32']:.0f} GFLOP/s fp32, "
+                     f"{floor['gflops_bf16']:.0f} bf16")
+    lines.append(f"{'method':<18} {'bs':>3} {'stage':<15} {'ms/doc':>8} {'passes':>7} {'ms/pass':>8} {'tok/pass':>8} "
+                 f"{'GFLOP/s':>8} {'floor':>6}")
     for name, m in result["methods"].items():
         for bs, e in m["by_batch_size"].items():
-            if "stages" not in e:
-                continue
-            cells = []
             for stage in STAGES:
-                st = e["stages"].get(stage, {"ms_per_doc": 0.0, "passes_per_batch": 0.0})
-                cells.append(f"{st['ms_per_doc']:18.1f} {st['passes_per_batch']:6.2f}")
-            lines.append(f"{name:<14} {bs:>3} " + " ".join(cells))
+                st = e.get("stages", {}).get(stage)
+                if st is None:
+                    continue
+                lines.append(f"{name:<18} {bs:>3} {stage:<15} {st['ms_per_doc']:8.1f} {st['passes_per_batch']:7.2f} "
+                             f"{st.get('ms_per_pass', 0):8.1f} {st.get('tokens_per_pass', 0):8.1f} "
+                             f"{st.get('gflops', 0):8.1f} {100 * st.get('floor_share', float('nan')):5.0f}%")
     return "\n".join(lines)
 
 
@@ -232,9 +236,6 @@ def quality_table(result: Dict[str, Any]) -> str:
         lines.append(f"{name:<18} {100 * m['p_string']:7.2f} {100 * m['r_string']:7.2f} {100 * m['f1_string']:7.2f} "
                      + " ".join(f"{100 * by_label.get(label, 0.0):7.2f}" for label in labels))
     return "\n".join(lines)
-
-
-STAGES = ("prompt", "count", "mention_prompt", "mention")
 
 
 def plot(result: Dict[str, Any], path: str) -> None:

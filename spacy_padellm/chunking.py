@@ -11,9 +11,12 @@ memory.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from spacy.tokens import Doc
+
+from .types import DocPrediction, DocStats
 
 SENTENCE_END = {".", "!", "?", "。", "！", "？", "…", "؟", "।"}
 
@@ -124,3 +127,25 @@ def group(sizes: Sequence[int], max_items: int, max_tokens: int) -> Iterable[Lis
         total += n
     if current:
         yield current
+
+
+def merge(doc: Doc, chunks: Sequence[Tuple[int, int, DocPrediction]], passes: int) -> DocPrediction:
+    """One prediction for a doc decoded in chunks (token ranges [start, end), in order).
+
+    Each mention keeps its chunk's character window (dedup and alignment work per window: the unit the
+    model saw); counts add up and raw counts are joined with spaces; counters add up except the forward
+    passes, which chunks decoded in the same engine call share, so the caller counts them (`passes`)."""
+    mentions: List[Any] = []
+    counts: Dict[str, int] = {}
+    raw: Dict[str, List[str]] = {}
+    stats = DocStats()
+    for start, end, pred in chunks:
+        span = doc[start:end]
+        mentions += [replace(m, window=(span.start_char, span.end_char)) for m in pred.mentions]
+        for label, n in pred.counts.items():
+            counts[label] = counts.get(label, 0) + n
+            raw.setdefault(label, []).append(pred.raw_counts[label])
+        stats = stats.merge(pred.stats)
+    stats.forward_passes = passes
+    return DocPrediction(counts, {label: " ".join(v) for label, v in raw.items()}, tuple(mentions), stats,
+                         chunks=len(chunks))

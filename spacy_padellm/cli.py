@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Dict, List, Optional
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -60,6 +60,23 @@ def _flag(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+# The argparse type of every TrainConfig field the train command sets, written out rather than read from the
+# annotations. Comma-separated lists (labels, target_modules) arrive as str and are split in _train; bf16 is
+# a str (auto/true/false). A new TrainConfig field needs an entry here: tests/test_errors_cli.py fails
+# without one, and so does build_parser.
+TRAIN_FLAG_TYPES: Dict[str, Callable[[str], Any]] = {
+    "train": str, "dev": str, "output": str, "model": str, "labels": str, "template": str, "format": str,
+    "lang": str, "init_adapter": str,
+    "lora_r": int, "lora_alpha": int, "lora_dropout": float, "target_modules": str, "lora_first_layer": int,
+    "lr": float, "warmup_steps": int, "min_lr_ratio": float, "weight_decay": float, "grad_clip": float,
+    "count_weight": float, "marker_weight": float, "mention_weight": float, "eos_weight": float,
+    "epochs": float, "max_steps": int, "row_tokens": int, "rows_per_step": int, "bf16": str, "threads": int,
+    "seed": int,
+    "log_every": int, "checkpoint_every": int, "checkpoint_minutes": float, "eval_every": int, "eval_docs": int,
+    "final_eval": _flag, "eval_batch_size": int, "max_new_tokens": int,
+}
+
+
 def _train(args: argparse.Namespace) -> int:
     from .training.config import TrainConfig
     from .training.loop import train
@@ -81,29 +98,29 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import spacy
-    from spacy.tokens import Doc
-    from spacy.training import Example
 
+    from .evaluation import evaluate, pipeline_annotate
     from .training.readers import read_any
 
     config = {**_pipe_config(args), "batch_size": args.batch_size}
     nlp = spacy.blank(args.lang)
     pipe = nlp.add_pipe("padellm_ner", config=config)
     gold = read_any(args.data, nlp.vocab)[: args.limit or None]
-    examples = [Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
-                for d in gold]
-    scores = nlp.evaluate(examples, batch_size=args.batch_size)
+    scores = evaluate(pipeline_annotate(nlp, args.batch_size), gold, args.batch_size)
     print(f"{'label':<8} {'P':>6} {'R':>6} {'F':>6}")
-    for label, prf in sorted((scores.get("ents_per_type") or {}).items()):
+    for label, prf in sorted((scores.get("per_type") or {}).items()):
         print(f"{label:<8} {prf['p'] * 100:6.2f} {prf['r'] * 100:6.2f} {prf['f'] * 100:6.2f}")
-    print(f"{'spans':<8} {scores['ents_p'] * 100:6.2f} {scores['ents_r'] * 100:6.2f} {scores['ents_f'] * 100:6.2f}"
+    print(f"{'spans':<8} {scores['p_span'] * 100:6.2f} {scores['r_span'] * 100:6.2f} {scores['f1_span'] * 100:6.2f}"
           "   (spaCy span P/R/F)")
-    print(f"{'strings':<8} {scores['ents_string_p'] * 100:6.2f} {scores['ents_string_r'] * 100:6.2f} "
-          f"{scores['ents_string_f'] * 100:6.2f}   (paper: micro-F1 over (label, string) sets per doc)")
-    print(f"labels {list(pipe.labels)}, {len(examples)} docs")
+    print(f"{'strings':<8} {scores['p_string'] * 100:6.2f} {scores['r_string'] * 100:6.2f} "
+          f"{scores['f1_string'] * 100:6.2f}   (paper: micro-F1 over (label, string) sets per doc)")
+    if scores.get("count_exact") is not None:
+        print(f"counts exact {scores['count_exact'] * 100:.1f}%, too low {scores['count_low'] * 100:.1f}%, "
+              f"too high {scores['count_high'] * 100:.1f}%")
+    print(f"labels {list(pipe.labels)}, {scores['n_docs']} docs")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({k: v for k, v in scores.items() if k.startswith("ents")}, indent=1))
+        Path(args.out).write_text(json.dumps(scores, indent=1))
     return 0
 
 
@@ -135,14 +152,6 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_flag_type(hint: Any) -> Callable[[str], Any]:
-    """argparse type of a TrainConfig field, from its real type (Optional[int] -> int, List[str] -> str: the
-    comma-separated lists are split in _train)."""
-    args = [a for a in get_args(hint) if a is not type(None)]
-    base = args[0] if get_origin(hint) is Union and len(args) == 1 else hint
-    return {int: int, float: float, bool: _flag}.get(base, str)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .benchmark import METHODS
@@ -162,12 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.config import TrainConfig, field_help
 
     tr = sub.add_parser("train", help="fine-tune a PaDeLLM LoRA adapter (resumes from OUTPUT/checkpoint)")
-    hints, helps = get_type_hints(TrainConfig), field_help()
+    helps = field_help()
+    missing = sorted(set(helps) - set(TRAIN_FLAG_TYPES))
+    if missing:
+        raise RuntimeError(f"TrainConfig fields {missing} have no argparse type in cli.TRAIN_FLAG_TYPES: add them")
     for f in dataclasses.fields(TrainConfig):
         if f.name not in helps:
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
-        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_train_flag_type(hints[f.name]),
+        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=TRAIN_FLAG_TYPES[f.name],
                         default=None, metavar=f.name.upper(), help=f"{helps[f.name]} (default: {default!r})")
     tr.set_defaults(func=_train)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple, TypeVar
 
-from .engine_types import MentionLike
+from .types import MentionLike
 
 M = TypeVar("M", bound=MentionLike)
 

@@ -4,7 +4,7 @@ Ray is optional: nothing here imports it at module level, and `import spacy_pade
 module. Install it with `pip install "spacy_padellm[ray]"`.
 
     import ray, spacy_padellm.distributed as dist
-    ds = ray.data.read_json("corpus/", lines=True)
+    ds = ray.data.read_json("corpus/", lines=True, num_cpus=0)  # 0: no read waits for the actors' CPUs
     out = dist.annotate_dataset(ds, "pipeline/", actors=(1, 4), cpus_per_actor=2)
     out.write_parquet("annotated/")
 
@@ -60,11 +60,10 @@ def load_pipeline(path: Union[str, Path], threads: int = 0) -> Any:
     if not Path(path).exists():
         import socket
 
+        from .apply_errors import ApplyErrors
         from .errors import PaDeLLMError
 
-        raise PaDeLLMError(f"[A010] The pipeline folder {str(path)!r} does not exist on {socket.gethostname()}. "
-                           "Every node needs it at the same path (a shared file system), or install it as a "
-                           "package made with `spacy package` on every node and pass its name.")
+        raise PaDeLLMError(ApplyErrors.A016.format(path=str(path), host=socket.gethostname()))
     nlp = spacy.load(path)
     if threads:
         for pipe in ner_pipes(nlp):

@@ -2,7 +2,7 @@
 (label, mention string)), so our numbers compare with spaCy tables and with the paper's."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Set, Tuple
+from typing import Any, Dict, Iterable, Sequence, Set, Tuple
 
 from spacy.scorer import PRFScore, get_ner_prf
 from spacy.tokens import Doc
@@ -31,6 +31,13 @@ def string_prf(pairs: Iterable[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]
         prf.fp += len(pred - gold)
         prf.fn += len(gold - pred)
     return prf
+
+
+def string_f1_by_label(pairs: Sequence[Tuple[Set[Tuple[str, str]], Set[Tuple[str, str]]]]) -> Dict[str, float]:
+    """The paper's string F1 per label (over gold and predicted labels): where a quality gap comes from."""
+    labels = sorted({label for pred, ref in pairs for label, _ in pred | ref})
+    return {label: string_prf(({p for p in pred if p[0] == label}, {r for r in ref if r[0] == label})
+                              for pred, ref in pairs).fscore for label in labels}
 
 
 def count_errors(examples: Iterable[Example]) -> Dict[str, float]:

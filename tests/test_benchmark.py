@@ -67,7 +67,7 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
 
 
 def test_string_f1_by_label_scores_each_label_alone():
-    from spacy_padellm.benchmark import string_f1_by_label
+    from spacy_padellm.scoring import string_f1_by_label
 
     pairs = [({("PER", "Ada"), ("LOC", "Rome")}, {("PER", "Ada"), ("LOC", "Paris")}),
              ({("ORG", "Acme")}, {("PER", "Bob")})]

@@ -58,7 +58,6 @@ def test_batched_equals_single_and_reversed(nlp_tiny):
 
 def test_entities_come_from_aligned_strings(nlp_tiny):
     """Random mentions rarely occur in the text; feed the pipe a prediction that does."""
-    from spacy_padellm.component import ChunkPrediction
     from spacy_padellm.engine.decoder import DocPrediction, MentionPrediction
 
     pipe = nlp_tiny.get_pipe("padellm_ner")
@@ -70,7 +69,7 @@ def test_entities_come_from_aligned_strings(nlp_tiny):
         MentionPrediction("ORG", 1, "London", -2.0, 1, True),
         MentionPrediction("MISC", 1, "Lovelace met", -5.0, 2, True),
         MentionPrediction("MISC", 2, "Mars", -1.0, 1, True)), {})
-    pipe.set_annotations([doc], [[ChunkPrediction(0, len(doc), pred, 0)]])
+    pipe.set_annotations([doc], [pred])
     assert [(e.text, e.label_) for e in doc.ents] == [("Ada Lovelace", "PER"), ("Charles Babbage", "PER"),
                                                       ("London", "LOC")]
     assert ("Lovelace met", "MISC") in [(s.text, s.label_) for s in doc.spans["padellm"]]  # overlapping kept
@@ -125,14 +124,13 @@ def test_evaluate_returns_ents_f(nlp_tiny):
 
 
 def test_displacy_renders_ents_and_spans(nlp_tiny):
-    from spacy_padellm.component import ChunkPrediction
     from spacy_padellm.engine.decoder import DocPrediction, MentionPrediction
 
     doc = nlp_tiny.make_doc("Ada met Bob in Paris .")
     pred = DocPrediction({}, {}, (MentionPrediction("PER", 1, "Ada", -0.1, 1, True),
                                   MentionPrediction("LOC", 1, "Paris", -0.2, 1, True)),
                          {"forward_passes": 0, "prompt_tokens": 0, "generated_tokens": 0})
-    nlp_tiny.get_pipe("padellm_ner").set_annotations([doc], [[ChunkPrediction(0, len(doc), pred, 0)]])
+    nlp_tiny.get_pipe("padellm_ner").set_annotations([doc], [pred])
     html = displacy.render(doc, style="ent", page=True)
     assert "Ada" in html and "PER" in html and "LOC" in html
     html = displacy.render(doc, style="span", options={"spans_key": "padellm"})

@@ -86,8 +86,8 @@ def ray_env():
     """Starts a local 2-CPU Ray with the given env vars for its workers; shuts it down after the test."""
     import ray
 
-    def start(**env):
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **env}})
+    def start(**env):  # "local": a new instance, never a cluster some `ray start` on this machine left behind
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {**ENV, **env}})
 
     yield start
     ray.shutdown()
@@ -187,6 +187,22 @@ def test_resume_after_killed_apply(pipeline, tmp_path):
     assert not list(out.glob(".tmp-*"))
 
 
+def test_summary_times_start_up_and_steady_state(pipeline, tmp_path):
+    inp = write_corpus(tmp_path / "in.jsonl", 6)
+    parser = argparse.ArgumentParser()
+    add_apply_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["apply", pipeline, str(inp), str(tmp_path / "out"), "--batch-size", "2",
+                              "--threads", "1", "--summary-json", str(tmp_path / "summary.json")])
+    assert args.func(args) == 0
+    s = json.loads((tmp_path / "summary.json").read_text(encoding="utf8"))
+    assert (s["documents"], s["batches"], s["steady_documents"], s["backend"]) == (6, 3, 4, "local")
+    assert 0 < s["startup_seconds"] <= s["seconds"] and s["steady_docs_per_s"] > 0
+    assert s["started_unix"] < s["first_batch_unix"] <= s["last_batch_unix"]
+    assert "load pipeline" in s["phases"]
+    one = run(opts(pipeline, write_corpus(tmp_path / "one.jsonl", 2), tmp_path / "one", batch_size=8))
+    assert one.batches == 1 and one.steady_docs_per_s is None and "then" not in one.line()  # no steady state
+
+
 def test_spacy_format_and_resume(pipeline, tmp_path):
     from spacy.tokens import DocBin
 
@@ -212,6 +228,7 @@ def test_ray_equals_local(pipeline, tmp_path, ray_env):
         del os.environ[HOOK_DOC_ERROR]
     remote = run(opts(pipeline, inp, tmp_path / "ray", backend="ray", actors=2, cpus_per_actor=0.5))
     assert (local.documents, remote.documents, remote.missing, remote.errors) == (34, 34, 0, 1)
+    assert remote.startup_seconds is not None and remote.steady_docs_per_s and "import ray" in remote.phases
     a, b = by_id(read_out(tmp_path / "local")), by_id(read_out(tmp_path / "ray"))
     assert len(b) == 34
     same(a, b)
@@ -223,7 +240,8 @@ def test_ray_actor_killed_once(pipeline, tmp_path, ray_env):
     marker = tmp_path / "killed"
     inp = write_corpus(tmp_path / "in.jsonl", 16, {6: f"This batch {KILL_TEXT} kills its actor."})
     ray_env(**{HOOK_KILL_ONCE: str(marker)})
-    summary = run(opts(pipeline, inp, tmp_path / "out", backend="ray", actors=1, cpus_per_actor=1))
+    # The actor takes both CPUs of the cluster: a read task that asked for a CPU would wait for ever
+    summary = run(opts(pipeline, inp, tmp_path / "out", backend="ray", actors=1, cpus_per_actor=2))
     assert marker.exists()  # the actor did die
     assert (summary.documents, summary.missing) == (16, 0)
     assert set(by_id(read_out(tmp_path / "out"))) == {f"doc-{i}" for i in range(16)}

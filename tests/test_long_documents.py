@@ -73,22 +73,22 @@ def test_mention_batches_fit_the_kv_budget_and_change_no_output(tiny_llama):
     texts = SENTENCES * 3
     big = Decoder(model, tok, get_template("en"), max_new_tokens=6, kv_budget_mb=1024)
     small = Decoder(model, tok, get_template("en"), max_new_tokens=6, kv_budget_mb=1)
-    small.kv_budget = 40 * small.kv_per_token * 30  # room for ~30 rows of 40 tokens: forces many batches
+    budget = 2 ** 20  # room for ~100 rows of 40 tokens of this model: forces many batches
     seen = []
-    real = small.continue_greedy
+    real = small.parts.greedy.decode
 
     def recording(state, logits, *args, **kwargs):
-        seen.append(state.rows * state.mask.shape[1] * small.kv_per_token)
+        seen.append(state.rows * state.mask.shape[1] * kv_bytes_per_token(model))
         return real(state, logits, *args, **kwargs)
 
-    small.continue_greedy = recording
+    small.parts.greedy.decode = recording
     caps = [40] * len(texts)  # the random model babbles counts of 100+: 160 mention rows per text
     for a, b in zip(small.predict(texts, LABELS, caps), big.predict(texts, LABELS, caps)):
         assert a.counts == b.counts and a.raw_counts == b.raw_counts
         assert [(m.label, m.k, m.text) for m in a.mentions] == [(m.label, m.k, m.text) for m in b.mentions]
         for x, y in zip(a.mentions, b.mentions):  # other batch widths: float sums in another order
             assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
-    assert seen and max(seen) <= small.kv_budget
+    assert len(seen) > 10 and max(seen) <= budget
     assert kv_bytes_per_token(model) == 2 * 2 * 2 * 8 * 4  # layers x (K, V) x kv heads x head dim x fp32
 
 

@@ -3,7 +3,7 @@ the component with no config at all, on real sentences (not from CoNLL)."""
 import pytest
 import spacy
 
-from spacy_padellm.benchmark import ENGINE_CONFIGS
+from spacy_padellm.settings import PRESETS as ENGINE_CONFIGS
 
 pytestmark = pytest.mark.slow  # loads the real weights: deselect with -m "not slow" while developing
 

@@ -108,7 +108,7 @@ def test_component_setting_reaches_the_engine_and_survives_to_disk(tiny_llama, t
     nlp.add_pipe("padellm_ner", config={"model": tiny_llama, "labels": LABELS, "dtype": "float32", "device": "cpu",
                                         "max_new_tokens": 6, "mentions_from_text": True})
     docs = list(nlp.pipe(SENTENCES))
-    assert nlp.get_pipe("padellm_ner").decoder.mentions_from_text is True
+    assert nlp.get_pipe("padellm_ner").decoder.settings.mentions_from_text is True
     assert any(doc.user_data["padellm"]["mentions"] for doc in docs)
     for doc in docs:  # every candidate the engine wrote is a word-aligned piece of the text
         for label, text, _ in doc.user_data["padellm"]["mentions"]:
@@ -132,4 +132,4 @@ def test_cli_flag_turns_it_on(tiny_llama, tiny_adapter, tmp_path, capsys):
     out = tmp_path / "scores.json"
     assert main(["evaluate", "--data", str(data), "--model", tiny_llama, "--adapter", tiny_adapter, "--mentions-from-text",
                  "--out", str(out)]) == 0
-    assert "ents_string_f" in json.loads(out.read_text())
+    assert "f1_string" in json.loads(out.read_text())

@@ -144,7 +144,7 @@ def test_project_workflow_runs_end_to_end_on_a_tiny_slice(tmp_path, tiny_llama):
     assert (work / "training" / "best" / "adapter_model.safetensors").is_file()
     assert (work / "training" / "curves.png").stat().st_size > 1000
     scores = json.loads((work / "metrics" / "dev.json").read_text())
-    assert "ents_f" in scores and "ents_string_f" in scores
+    assert "f1_span" in scores and "f1_string" in scores
     html = (work / "visualize" / "dev.html").read_text()
     assert html.count("class=\"entities\"") == 2 and "Zed Bank hired Bob" in html
     assert "strings" in result.stdout and "PER" in result.stdout  # the per-label table was printed

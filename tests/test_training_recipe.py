@@ -121,7 +121,7 @@ def test_train_config_fields_reach_the_cli():
 def test_a_slim_checkpoint_resumes_with_the_same_schedule(tmp_path, wide_tiny):
     """What travels in git: bf16 adapter and step/schedule, no Adam moments; the run goes on from its step
     and every learning rate is the original schedule's."""
-    from spacy_padellm.training.loop import slim_checkpoint
+    from spacy_padellm.training.checkpoints import slim_checkpoint
 
     cfg = overfit_config(tmp_path, wide_tiny, dev="", max_steps=6, checkpoint_every=3, final_eval=False)
     train(cfg)

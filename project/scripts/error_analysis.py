@@ -21,7 +21,7 @@ import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 
 def analyse(docs: Sequence[Any], golds: Sequence[Any], labels: Sequence[str]) -> Dict[str, Any]:
@@ -96,9 +96,9 @@ def markdown(results: Dict[str, Dict[str, Any]], labels: Sequence[str]) -> str:
 
 def main() -> None:
     import spacy
-    from spacy.tokens import Doc
     from spacy.training import Example
 
+    from spacy_padellm.evaluation import gold_copy, metrics
     from spacy_padellm.training.readers import read_any
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -123,11 +123,10 @@ def main() -> None:
         pipe = nlp.add_pipe("padellm_ner", config={"model": args.model, "adapter": folder,
                                                    "threads": args.threads, **json.loads(args.config)})
         labels = list(pipe.labels)
-        inputs = [Doc(vocab, words=[t.text for t in g], spaces=[bool(t.whitespace_) for t in g]) for g in golds]
-        docs = list(nlp.pipe(inputs, batch_size=32))
-        scores = pipe.score([Example(d, g) for d, g in zip(docs, golds)])
-        results[name] = {**analyse(docs, golds, labels), "f1_string": 100 * scores["ents_string_f"],
-                         "f1_span": 100 * scores["ents_f"], "adapter": folder, "docs": len(golds)}
+        docs = list(nlp.pipe([gold_copy(g) for g in golds], batch_size=32))
+        scores = metrics([Example(d, g) for d, g in zip(docs, golds)])
+        results[name] = {**analyse(docs, golds, labels), "f1_string": 100 * scores["f1_string"],
+                         "f1_span": 100 * scores["f1_span"], "adapter": folder, "docs": len(golds)}
         print(f"[{name}] string F1 {results[name]['f1_string']:.2f} on {len(golds)} docs", file=sys.stderr)
     table = markdown(results, labels)
     print(table)

@@ -5,7 +5,7 @@
 import sys
 from pathlib import Path
 
-from spacy_padellm.training.loop import slim_checkpoint
+from spacy_padellm.training.checkpoints import slim_checkpoint
 
 slim_checkpoint(Path(sys.argv[1]))
 print(f"slimmed {sys.argv[1]}: " + ", ".join(f"{f.name} {f.stat().st_size // 1024} KB"

@@ -11,14 +11,13 @@ component uses when its own count_bias is null.
 """
 import argparse
 import json
-import time
 from pathlib import Path
 
 import spacy
 
 from spacy_padellm.engine.loading import ADAPTER_META
+from spacy_padellm.evaluation import evaluate, pipeline_annotate
 from spacy_padellm.training.readers import read_any
-from spacy.training import Example
 
 parser = argparse.ArgumentParser()
 parser.add_argument("dev")
@@ -34,12 +33,10 @@ rows = []
 for value in [float(v) for v in args.values.split(",")]:
     nlp = spacy.blank("en")
     nlp.add_pipe("padellm_ner", config={"model": args.model, "adapter": args.adapter, "count_bias": value})
-    start = time.time()
-    examples = [Example(nlp.make_doc(g.text), g) for g in gold]
-    scores = nlp.evaluate(examples, batch_size=32)
-    rows.append((value, scores["ents_string_f"], scores["ents_string_p"], scores["ents_string_r"], scores["ents_f"]))
+    scores = evaluate(pipeline_annotate(nlp, 32), gold, 32)
+    rows.append((value, scores["f1_string"], scores["p_string"], scores["r_string"], scores["f1_span"]))
     print(f"count_bias {value:4.1f}: string F1 {100 * rows[-1][1]:.2f} (P {100 * rows[-1][2]:.2f} "
-          f"R {100 * rows[-1][3]:.2f}), span F1 {100 * rows[-1][4]:.2f}  [{time.time() - start:.0f} s]", flush=True)
+          f"R {100 * rows[-1][3]:.2f}), span F1 {100 * rows[-1][4]:.2f}  [{scores['seconds']:.0f} s]", flush=True)
 best = max(rows, key=lambda r: r[1])
 print(f"best on {len(gold)} dev docs: count_bias {best[0]} (string F1 {100 * best[1]:.2f})")
 if args.write:

@@ -11,10 +11,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
+from .family import takes_4d_mask
 from .precision import inference_precision, new_cache, output_logits
+from .tree import Trie
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
     cache = new_cache(model, state.layers if state is not None else None)
     with inference_precision(model):
-        if supports_tree(model):  # a plain output layer: ours scores the winning candidates in float32
+        if takes_4d_mask(model):  # a plain output layer: ours scores the winning candidates in float32
             out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                    past_key_values=cache, use_cache=True)
             logits = output_logits(model, out.last_hidden_state[:, -n_logits:, :])
@@ -137,68 +138,6 @@ def full_sequence_logits(model: Any, sequences: List[List[int]]) -> torch.Tensor
 
 
 # ---- tree-shaped passes --------------------------------------------------------------------------
-# Model families whose attention takes a prepared 4D mask as-is (transformers' masking_utils) and whose
-# output layer is a plain linear map of the last hidden state; others use the row-per-sequence path.
-TREE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-
-
-def supports_tree(model: Any) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) in TREE_MODEL_TYPES
-
-
-@dataclass(frozen=True)
-class Trie:
-    """Token sequences merged on shared prefixes: node i holds tokens[i] and follows parents[i] (-1: the
-    row's cached tokens); ends[s] is the node holding sequence s's last token."""
-    tokens: List[int]
-    parents: List[int]
-    ends: List[int]
-
-    @staticmethod
-    def of(sequences: Sequence[Sequence[int]]) -> "Trie":
-        tokens: List[int] = []
-        parents: List[int] = []
-        children: dict = {}
-        ends = []
-        for seq in sequences:
-            if len(seq) == 0:
-                raise ValueError("every sequence in a trie needs at least one token")
-            node = -1
-            for tok in seq:
-                key = (node, tok)
-                if key not in children:
-                    children[key] = len(tokens)
-                    tokens.append(tok)
-                    parents.append(node)
-                node = children[key]
-            ends.append(node)
-        return Trie(tokens, parents, ends)
-
-    def path(self, node: int) -> List[int]:
-        """Nodes from the root to `node`, in order."""
-        out = []
-        while node >= 0:
-            out.append(node)
-            node = self.parents[node]
-        return out[::-1]
-
-    def ancestors(self) -> np.ndarray:
-        """[nodes, nodes] bool: node q may attend to node n (n is q or one of its ancestors)."""
-        n = len(self.tokens)
-        out = np.zeros((n, n), dtype=bool)
-        for q, parent in enumerate(self.parents):  # parents come before children
-            if parent >= 0:
-                out[q] = out[parent]
-            out[q, q] = True
-        return out
-
-    def depths(self) -> List[int]:
-        depth: List[int] = []
-        for parent in self.parents:  # parents come before children
-            depth.append(0 if parent < 0 else depth[parent] + 1)
-        return depth
-
-
 @dataclass(frozen=True)
 class TreeState:
     """The cache after a tree pass: row i's node n sits in column `offsets[i] + n` of `state`, after

@@ -17,15 +17,12 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 from transformers import DynamicCache
 
+from .family import float32_residual_ok
+
 # Candidates per position rescored in float32. A token outside the bf16 top 8 can only be the true greedy
 # pick when 8 others sit within one bf16 rounding step (~0.4%) of the best.
 RESCORED = 8
 
-
-# Families whose norms compute in float32 and multiply by their bf16 weight (RMSNorm: dtypes promote), so
-# a float32 residual stream passes through them. LayerNorm (GPT-2) rejects mixed dtypes on CPU: those
-# families run all-bf16 as before.
-FLOAT32_RESIDUAL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 def is_bf16(model: Any) -> bool:
@@ -38,7 +35,7 @@ def _float32_output(module: Any, args: Any, output: torch.Tensor) -> torch.Tenso
 
 def float32_residual(model: Any) -> bool:
     """Whether `inference_precision` runs this model with bf16 matmuls around a float32 residual stream."""
-    return is_bf16(model) and getattr(model.config, "model_type", None) in FLOAT32_RESIDUAL_TYPES
+    return is_bf16(model) and float32_residual_ok(model)
 
 
 class Bf16Cache(DynamicCache):
@@ -59,7 +56,7 @@ def new_cache(model: Any, layers: Optional[Any] = None) -> DynamicCache:
 
 @contextlib.contextmanager
 def inference_precision(model: Any) -> Iterator[None]:
-    """Around a forward pass (or `generate`) of `model`: for bf16 weights of FLOAT32_RESIDUAL_TYPES,
+    """Around a forward pass (or `generate`) of `model`: for bf16 weights of a family that allows it (family.py),
     embeddings come out in float32 (so every residual add and norm runs in float32) and autocast feeds
     the matmuls bf16 operands. Other families and dtypes: a no-op."""
     if not float32_residual(model):

@@ -14,7 +14,7 @@ one token at a time, and a token that decodes to an incomplete character is then
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 
 def _byte_level_alphabet() -> Dict[str, int]:
@@ -124,3 +124,31 @@ class SubstringConstraint:
         end = self.length + len(piece)
         self.matches = [s for s in self.matches if self.data[s + self.length: s + end] == piece]
         self.length = end
+
+    def pick(self, logprobs: Any, eos_ids: Set[int], fallback: int) -> Tuple[int, float]:
+        """This row's logits transform: the most probable allowed token of `logprobs` [vocab] (ties to the
+        lowest id, as argmax) and its log-probability; EOS when nothing is allowed, so a row always ends."""
+        import torch
+
+        tokens, eos = self.allowed()
+        if eos:
+            tokens = sorted(set(tokens) | eos_ids)
+        tokens = [t for t in tokens if t < logprobs.shape[0]]
+        if not tokens:
+            return next(iter(eos_ids), fallback), 0.0
+        values = logprobs[torch.as_tensor(tokens, device=logprobs.device)]
+        best = int(values.argmax())
+        return tokens[best], float(values[best])
+
+
+class Substrings:
+    """Makes the constraint of each mention row from its text; the token bytes are built once (~1 s)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._vocab: Optional[TokenBytes] = None
+
+    def for_text(self, text: str) -> SubstringConstraint:
+        if self._vocab is None:
+            self._vocab = TokenBytes(self.tokenizer)
+        return SubstringConstraint(self._vocab, text)

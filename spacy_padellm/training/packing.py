@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..engine.tree import ancestor_mask, depths, insert
 from .examples import MENTION, EncodedExample
 
 
@@ -35,7 +36,6 @@ def pack_examples(examples: Sequence[EncodedExample],
     """`weights[part]` is the loss weight of a target token of that part (None: all 1)."""
     ids: List[int] = []
     parents: List[int] = []
-    depth: List[int] = []
     children: Dict[Tuple[int, int], int] = {}
     loss_nodes: List[int] = []
     loss_targets: List[int] = []
@@ -44,21 +44,14 @@ def pack_examples(examples: Sequence[EncodedExample],
         node = -1
         path: List[int] = []
         for tok in ex.ids:
-            nxt = children.get((node, tok))
-            if nxt is None:
-                nxt = len(ids)
-                children[(node, tok)] = nxt
-                ids.append(tok)
-                parents.append(node)
-                depth.append(0 if node < 0 else depth[node] + 1)
-            path.append(nxt)
-            node = nxt
+            node = insert(ids, parents, children, node, tok)
+            path.append(node)
         for j in range(max(ex.n_prompt, 1), len(ex.ids)):
             loss_nodes.append(path[j - 1])
             loss_targets.append(ex.ids[j])
             part = ex.parts[j - ex.n_prompt] if ex.parts and j >= ex.n_prompt else MENTION
             loss_weights.append(1.0 if weights is None else float(weights[part]))
-    return PackedTree(ids, parents, depth, loss_nodes, loss_targets, loss_weights)
+    return PackedTree(ids, parents, depths(parents), loss_nodes, loss_targets, loss_weights)
 
 
 @dataclass
@@ -92,11 +85,7 @@ def collate(rows: Sequence[Sequence[PackedTree]], pad_id: int, dtype: torch.dtyp
             n = len(tree)
             ids[r, offset:offset + n] = torch.as_tensor(tree.ids)
             pos[r, offset:offset + n] = torch.as_tensor(tree.depth)
-            block = allowed[r, offset:offset + n, offset:offset + n]
-            for i, parent in enumerate(tree.parents):  # parents precede children: ancestors = parent's + self
-                if parent >= 0:
-                    block[i] = block[parent]
-                block[i, i] = True
+            allowed[r, offset:offset + n, offset:offset + n] = torch.from_numpy(ancestor_mask(tree.parents))
             l_rows.extend([r] * len(tree.loss_nodes))
             l_cols.extend(offset + x for x in tree.loss_nodes)
             l_tgt.extend(tree.loss_targets)

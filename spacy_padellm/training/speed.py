@@ -27,7 +27,7 @@ def measure(model: Any, optimizer: Any, per_doc: List[List[EncodedExample]], pad
             row_tokens: int = 1024, rows_per_step: int = 2, unpacked_batch: int = 16) -> Dict[str, float]:
     """Seconds for one pass of training steps over the same docs both ways; 'work tokens' are the tokens
     of the separate sequences (what the unpacked run feeds), so work tokens/s compares like with like."""
-    from .loop import plan_rows
+    from .schedule import plan_rows
 
     trees = [pack_examples(x) for x in per_doc]
     flat = [e for x in per_doc for e in x]

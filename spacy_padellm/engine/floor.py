@@ -1,0 +1,86 @@
+"""The hardware's floor for this model: how fast this machine multiplies the model's own matrices.
+
+A benchmark that says "x times faster than a baseline" cannot tell how far the engine is from what the
+machine allows. This calibrates, in the same run, the matmul rate (GFLOP/s) of a forward pass's GEMMs at
+the model's shapes (every linear layer of every decoder layer, plus the output layer on the rows' last
+tokens), in bf16 and fp32, and counts the FLOPs a pass of T tokens must do, so each stage's achieved
+GFLOP/s can be set against it.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> Dict[str, Any]:
+    """CPU model name and the flags that decide the fast paths ("AMD EPYC" names several chips)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": name, "flags": [f for f in FLAGS if f in flags]}
+
+
+def linear_shapes(model: Any) -> List[Tuple[int, int]]:
+    """(in, out) of every linear layer one decoder layer runs, from the config (Llama-like naming)."""
+    c = model.config
+    hidden = c.hidden_size
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    inter = getattr(c, "intermediate_size", None) or 4 * hidden
+    return [(hidden, heads * head_dim), (hidden, kv * head_dim), (hidden, kv * head_dim), (heads * head_dim, hidden),
+            (hidden, inter), (hidden, inter), (inter, hidden)]
+
+
+def flops(model: Any, tokens: float, logits_rows: float, attended: float = 0.0) -> float:
+    """FLOPs of feeding `tokens` tokens (whose query-key pairs number `attended` in all) with the output
+    layer on `logits_rows` positions: 2 per multiply-add of every GEMM, plus attention's two products
+    (scores and weighted values). Padding is not counted: this is the work the answer needs."""
+    c = model.config
+    layers = c.num_hidden_layers
+    per_token = sum(2 * i * o for i, o in linear_shapes(model)) * layers
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    vocab = model.get_output_embeddings().weight.shape[0]
+    attention = 4 * heads * head_dim * layers
+    return float(tokens * per_token + attended * attention + logits_rows * 2 * c.hidden_size * vocab)
+
+
+def gemm_rate(model: Any, dtype: torch.dtype, tokens: int = 96, seconds: float = 1.0) -> float:
+    """GFLOP/s of this machine on the model's decoder GEMMs for a `tokens`-token pass, in `dtype` (random
+    weights of the same shapes, so it runs for a model loaded in any dtype), at the current thread count."""
+    device = next(model.parameters()).device
+    weights = [torch.randn(o, i, dtype=dtype, device=device) for i, o in linear_shapes(model)]
+    inputs = {i: torch.randn(tokens, i, dtype=dtype, device=device) for i, _ in linear_shapes(model)}
+    flops = sum(2 * tokens * w.shape[0] * w.shape[1] for w in weights)
+    with torch.inference_mode():
+        for w in weights:  # warm-up: oneDNN picks and caches its kernels
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+        runs, start = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - start < seconds:
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return flops * runs / elapsed / 1e9
+
+
+def calibrate(model: Any, tokens: int = 96) -> Dict[str, Any]:
+    """The floor of this run: CPU, threads, and the GEMM rate in fp32 and bf16 at the model's shapes."""
+    return {**cpu_description(), "threads": torch.get_num_threads(), "tokens": tokens,
+            "gflops_fp32": gemm_rate(model, torch.float32, tokens),
+            "gflops_bf16": gemm_rate(model, torch.bfloat16, tokens)}

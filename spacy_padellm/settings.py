@@ -1,0 +1,111 @@
+"""Decoding settings: their defaults, their checks, and the named presets the benchmark compares.
+
+This is the one place a decoding default is written. The component's config, the Decoder, the training
+evaluator and the benchmark all build a `DecodeSettings`, so a changed default changes all of them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Dict, Optional
+
+from .errors import Errors, PaDeLLMError
+
+# A one-digit count is one token of the base vocabulary ("1".."9"): count guesses stop there.
+MAX_GUESSED_COUNT = 9
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How the engine decodes; every value checked once, here (E010 quotes the offending value)."""
+    max_new_tokens: int = 32  # longest mention, in tokens
+    # copy-speculation: text tokens proposed per mention pass (same output, fewer passes; small calls only)
+    speculate: int = 4
+    tree: bool = True  # tree-shaped passes where the model family allows (engine/family.py); same output
+    count_guesses: int = 1  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
+    count_bias: float = 0.0  # taken off the logits of a 0 count at the first count token (a recall knob)
+    # calls of at most this many texts get count guesses and speculation: extra tokens save passes while
+    # a pass is bound by reading the weights, and cost docs/s once it is bound by compute (BENCHMARKS.md)
+    small_batch: int = 4
+    mentions_from_text: bool = False  # mention tokens constrained to substrings of the text (changes output)
+    kv_budget_mb: int = 256  # most MB of key/value cache materialised for one batch of rows
+
+    def __post_init__(self) -> None:
+        defaults = DecodeSettings.__dataclass_fields__
+        for f in fields(self):
+            check_setting(f.name, getattr(self, f.name), defaults[f.name].default)
+        object.__setattr__(self, "count_bias", float(self.count_bias or 0.0))  # null: no bias
+
+    def replace(self, **changes: Any) -> "DecodeSettings":
+        return replace(self, **changes)
+
+    def to_config(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+DECODE_KEYS = tuple(f.name for f in fields(DecodeSettings))
+
+# The component's own settings beside the decoding ones (model, adapter, labels and template are checked
+# where they are resolved). Keys listed in DECODE_KEYS take their defaults from DecodeSettings.
+PIPE_SETTINGS: Dict[str, Any] = {
+    "batch_size": 32,  # most docs decoded together (bounds memory; nlp.pipe's batch_size can lower it)
+    "dtype": "auto",  # bf16 where the CPU/GPU runs it fast, else float32
+    "device": "auto",
+    "dedup": True,  # the paper's one-label-per-string rule
+    "spans_key": "padellm",
+    "max_chunk_tokens": 128,  # a sentence longer than this is cut at whitespace
+    "chunk_tokens": 0,  # sentences packed into one chunk up to this many tokens (0: a chunk per sentence)
+    "split_count": 6,  # a chunk whose count for a label reaches this is cut in two and decoded again (0: never)
+    "all_occurrences": False,  # also tag every same-case, token-aligned occurrence of a predicted string
+    "batch_tokens": 4096,  # most tokens (over all chunks) decoded together: bounds memory
+    "overwrite_ents": False,  # false: keep entities set earlier in the pipeline, add ours where they don't overlap
+    "threads": 0,  # torch threads; 0: the cores this process may use (more than the free cores is 5-10x slower)
+}
+
+# Named variants the benchmark runs side by side (component config overrides).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "padellm": {},
+    # our engine before the tree passes: one row per sequence, no count guesses, no speculation
+    "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
+    # float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX)
+    "padellm_fp32": {"dtype": "float32"},
+    # mentions constrained to substrings of the text
+    "padellm_substring": {"mentions_from_text": True},
+}
+
+POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb", "small_batch"}
+UPPER = {"count_guesses": MAX_GUESSED_COUNT}
+NOTES = {"threads": " (0: the cores this process may use)", "split_count": " (0: never split)"}
+NUMBERS = {"count_bias"}  # ints or floats
+NULLABLE = {"count_bias"}  # the component's null: the adapter's tuned value
+
+
+def check_setting(key: str, value: Any, default: Any) -> None:
+    """E010 for a setting of the wrong kind or range; the kind is that of `default`."""
+    if key in ("model", "device"):
+        return  # checked where they are resolved
+    if key in NUMBERS:
+        if value is None and key in NULLABLE:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a number or null"))
+    elif key == "dtype" and value not in ("auto", "float32", "bfloat16"):
+        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="use auto, float32 or bfloat16"))
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))
+    elif isinstance(default, int):
+        low, high = (1 if key in POSITIVE else 0), UPPER.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+            why = f"must be an integer from {low}" + (f" to {high}" if high else "") + NOTES.get(key, "")
+            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why=why))
+    elif isinstance(default, str) and (not isinstance(value, str) or not value):
+        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a non-empty string"))
+
+
+def decode_settings(config: Dict[str, Any], count_bias: Optional[float] = None) -> DecodeSettings:
+    """The DecodeSettings of a component config (its other keys ignored); `count_bias` overrides the
+    config's (the component resolves a null one to the adapter's tuned value)."""
+    values = {k: config[k] for k in DECODE_KEYS if k in config}
+    if count_bias is not None or values.get("count_bias") is None:
+        values["count_bias"] = float(count_bias or 0.0)
+    return DecodeSettings(**values)
