@@ -33,9 +33,14 @@ class KVState:
 
     def select(self, rows: Sequence[int] | torch.Tensor, keep: Optional[Sequence[int] | torch.Tensor] = None
                ) -> "KVState":
-        """Rows `rows` (repeats allowed), each cut back to its first `keep[i]` real tokens."""
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
+        """Rows `rows` (repeats allowed), each cut back to its first `keep[i]` real tokens.
+
+        All rows in their order (a greedy step where no row finished) copies nothing but the mask: the
+        cache of every layer is only copied where rows or columns are dropped."""
+        same_rows = (not isinstance(rows, torch.Tensor) and len(rows) == self.rows
+                     and list(rows) == list(range(self.rows)))
+        index = None if same_rows else torch.as_tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask if index is None else self.mask.index_select(0, index)
         if keep is not None:
             keep_t = torch.as_tensor(keep, dtype=mask.dtype, device=mask.device)
             mask = mask * (mask.cumsum(dim=1) <= keep_t[:, None]).to(mask.dtype)
@@ -44,9 +49,12 @@ class KVState:
         if not bool(used.all()):  # drop columns no selected row uses
             cols = used.nonzero().squeeze(1)
             mask = mask.index_select(1, cols)
+        if index is None and cols is None:
+            return KVState(self.layers, mask)
         layers = []
         for key, value in self.layers:
-            key, value = key.index_select(0, index), value.index_select(0, index)
+            if index is not None:
+                key, value = key.index_select(0, index), value.index_select(0, index)
             if cols is not None:
                 key, value = key.index_select(2, cols), value.index_select(2, cols)
             layers.append((key, value))
