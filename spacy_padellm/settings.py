@@ -106,6 +106,6 @@ def decode_settings(config: Dict[str, Any], count_bias: Optional[float] = None) 
     """The DecodeSettings of a component config (its other keys ignored); `count_bias` overrides the
     config's (the component resolves a null one to the adapter's tuned value)."""
     values = {k: config[k] for k in DECODE_KEYS if k in config}
-    if count_bias is not None or values.get("count_bias") is None:
-        values["count_bias"] = float(count_bias or 0.0)
-    return DecodeSettings(**values)
+    if count_bias is not None:
+        values["count_bias"] = count_bias
+    return DecodeSettings(**values)  # a null count_bias becomes 0.0 there

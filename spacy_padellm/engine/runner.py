@@ -71,11 +71,8 @@ class Runner:
         try:
             return extend(self.model, state, segments, self.pad_id, n_logits)
         finally:
-            elapsed = time.perf_counter() - start
-            past = state.lengths().tolist() if state is not None else [0] * len(segments)
-            attended = sum(len(s) * p + len(s) * (len(s) + 1) / 2 for s, p in zip(segments, past))
-            self.meter.add(stage, elapsed, sum(len(s) for s in segments), attended,
-                           len(segments) * n_logits)
+            self._record(stage, start, state, [len(s) for s in segments],
+                         [n * (n + 1) / 2 for n in map(len, segments)], len(segments) * n_logits)
 
     def forward_tree(self, state: Optional[KVState], tries: List[Trie], want: List[List[int]],
                      row_docs: Sequence[int], stats: List[DocStats], stage: str
@@ -88,11 +85,17 @@ class Runner:
         try:
             return extend_tree(self.model, state, tries, self.pad_id, want)
         finally:
-            elapsed = time.perf_counter() - start
-            past = state.lengths().tolist() if state is not None else [0] * len(tries)
-            attended = sum(len(t.tokens) * p + sum(d + 1 for d in t.depths()) for t, p in zip(tries, past))
-            self.meter.add(stage, elapsed, sum(len(t.tokens) for t in tries), attended,
-                           sum(len(w) for w in want))
+            self._record(stage, start, state, [len(t.tokens) for t in tries],
+                         [sum(t.depth) + len(t.tokens) for t in tries], sum(len(w) for w in want))
+
+    def _record(self, stage: str, start: float, state: Optional[KVState], fed: List[int], within: List[float],
+                logits: int) -> None:
+        """Time and work of the pass begun at `start`: row i fed fed[i] tokens, which attend to the row's
+        cached tokens and to `within[i]` pairs among themselves."""
+        elapsed = time.perf_counter() - start
+        past = state.lengths().tolist() if state is not None else [0] * len(fed)
+        attended = sum(n * p + w for n, p, w in zip(fed, past, within))
+        self.meter.add(stage, elapsed, sum(fed), attended, logits)
 
     @staticmethod
     def _count(row_docs: Sequence[int], stats: List[DocStats]) -> None:

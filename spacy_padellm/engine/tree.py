@@ -8,6 +8,7 @@ children, so masks and depths are built in one forward sweep.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -66,8 +67,13 @@ class Trie:
     def ancestors(self) -> np.ndarray:
         return ancestor_mask(self.parents)
 
-    def depths(self) -> List[int]:
+    @cached_property
+    def depth(self) -> List[int]:
+        """Each node's depth, computed once: the pass that feeds the trie and its meter both read it."""
         return depths(self.parents)
+
+    def depths(self) -> List[int]:
+        return self.depth
 
 
 def insert(tokens: List[int], parents: List[int], children: Dict[Tuple[int, int], int], node: int, tok: int) -> int:
