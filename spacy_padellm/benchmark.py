@@ -71,6 +71,7 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
                 return [(d, predicted_strings(d), {k: d.user_data["padellm"][k] for k in STATS}) for d in out]
             run.meter = meter  # type: ignore[attr-defined]
             run.model = pipe.decoder.model  # type: ignore[attr-defined]  # the floor's shapes
+            run.extras = pipe.decoder.extras if meter is not None else None  # type: ignore[attr-defined]
         else:
             base, tokenizer = load_base(resolve_model(model), resolve_dtype(dtype, device), device)
             ner = AutoregNER(apply_adapter(base, path, model), tokenizer, meta["labels"], name)
@@ -78,6 +79,8 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
             def run(docs: List[Doc], ner: Any = ner) -> List[Tuple[Doc, Set[Tuple[str, str]], Dict[str, int]]]:
                 return [(set_pairs(gold_copy(g), pairs), {(lab, s.strip()) for lab, s in pairs}, stats)
                         for g, (pairs, stats) in zip(docs, ner.predict([d.text for d in docs]))]
+            # its passes too: the prompt's prefill ("mention_prompt") and the greedy tokens ("mention")
+            run.meter, run.model, run.extras = ner.runner.meter, ner.runner.model, None  # type: ignore[attr-defined]
         runners[name] = run
     return runners
 
@@ -125,6 +128,9 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
             if meter is not None:  # where the time goes: per stage, ms per doc and passes per batch
                 entry["stages"] = stage_entries(meter, runners[name].model, result.get("floor"), len(gold),
                                                 len(batches))
+                entry["extras"] = dict(meter.choices)  # what engine/extras.py chose, per call or pass
+                if getattr(runners[name], "extras", None) is not None:
+                    result["methods"][name]["pass_cost"] = runners[name].extras.describe()
             result["methods"][name]["by_batch_size"][str(bs)] = entry
             if "f1_string" not in result["methods"][name]:
                 scores = metrics([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
@@ -189,14 +195,26 @@ def device_description() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def floor_share(entry: Dict[str, Any]) -> float:
+    """The share of the calibrated matmul rate over all of a call's passes (time-weighted over stages)."""
+    stages = entry.get("stages") or {}
+    ms = sum(st["ms_per_doc"] for st in stages.values())
+    if not ms:
+        return float("nan")
+    return sum(st.get("floor_share", float("nan")) * st["ms_per_doc"] for st in stages.values()) / ms
+
+
 def table(result: Dict[str, Any]) -> str:
-    lines = [f"{'method':<18} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} {'docs/s':>8} {'passes':>7} {'prompt':>7} "
-             f"{'gen':>6} {'seq':>5} {'F1 str':>7} {'F1 span':>7} {'same %':>6}"]
+    """The summary: per method and batch size, latency, docs/s, passes, tokens, % of the floor, F1."""
+    lines = [f"{'method':<20} {'bs':>3} {'p50 ms':>9} {'p90 ms':>9} {'docs/s':>8} {'passes':>7} {'prompt':>7} "
+             f"{'gen':>6} {'seq':>5} {'floor':>6} {'F1 str':>7} {'F1 span':>7} {'same %':>6}"]
     for name, m in result["methods"].items():
         for bs, e in m["by_batch_size"].items():
-            lines.append(f"{name:<18} {bs:>3} {e['latency_ms_p50']:9.1f} {e['latency_ms_p90']:9.1f} "
+            share = floor_share(e)
+            floor = f"{100 * share:5.0f}%" if share == share else f"{'-':>6}"
+            lines.append(f"{name:<20} {bs:>3} {e['latency_ms_p50']:9.1f} {e['latency_ms_p90']:9.1f} "
                          f"{e['docs_per_s']:8.2f} {e['forward_passes_mean']:7.1f} {e['prompt_tokens_mean']:7.1f} "
-                         f"{e['generated_tokens_mean']:6.1f} {e['sequence_tokens_mean']:5.1f} "
+                         f"{e['generated_tokens_mean']:6.1f} {e['sequence_tokens_mean']:5.1f} {floor} "
                          f"{100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f} "
                          f"{100 * m.get('docs_same_as_padellm', float('nan')):6.1f}")
     for name, by in result.get("speedup_vs", {}).items():
@@ -213,27 +231,48 @@ def stage_table(result: Dict[str, Any]) -> str:
         lines.append(f"floor: {floor['cpu']} [{' '.join(floor['flags'])}], {floor['threads']} threads: GEMMs of the "
                      f"model's shapes ({floor['tokens']} tokens) at {floor['gflops_fp32']:.0f} GFLOP/s fp32, "
                      f"{floor['gflops_bf16']:.0f} bf16")
-    lines.append(f"{'method':<18} {'bs':>3} {'stage':<15} {'ms/doc':>8} {'passes':>7} {'ms/pass':>8} {'tok/pass':>8} "
-                 f"{'GFLOP/s':>8} {'floor':>6}")
+        one = floor.get("one_token_ms")
+        if one:
+            lines.append(f"one-token pass of the model: {one['transformers']:.1f} ms (transformers), "
+                         f"{one['engine']:.1f} ms (the engine's pass); x1tok = ms/pass over the engine's")
+    one_ms = ((floor or {}).get("one_token_ms") or {}).get("engine")
+    lines.append(f"{'method':<20} {'bs':>3} {'stage':<15} {'ms/doc':>8} {'passes':>7} {'ms/pass':>8} {'tok/pass':>8} "
+                 f"{'x1tok':>6} {'GFLOP/s':>8} {'floor':>6}")
     for name, m in result["methods"].items():
         for bs, e in m["by_batch_size"].items():
             for stage in STAGES:
                 st = e.get("stages", {}).get(stage)
                 if st is None:
                     continue
-                lines.append(f"{name:<18} {bs:>3} {stage:<15} {st['ms_per_doc']:8.1f} {st['passes_per_batch']:7.2f} "
-                             f"{st.get('ms_per_pass', 0):8.1f} {st.get('tokens_per_pass', 0):8.1f} "
+                ratio = st.get("ms_per_pass", 0) / one_ms if one_ms else float("nan")
+                lines.append(f"{name:<20} {bs:>3} {stage:<15} {st['ms_per_doc']:8.1f} {st['passes_per_batch']:7.2f} "
+                             f"{st.get('ms_per_pass', 0):8.1f} {st.get('tokens_per_pass', 0):8.1f} {ratio:6.2f} "
                              f"{st.get('gflops', 0):8.1f} {100 * st.get('floor_share', float('nan')):5.0f}%")
+            if e.get("extras"):
+                lines.append(f"{name:<20} {bs:>3} extras: " + extras_line(e["extras"]))
+        if m.get("pass_cost"):
+            lines.append(f"{name:<20}     pass costs measured: " + "; ".join(f"{k}: {v}" for k, v in m["pass_cost"].items()))
     return "\n".join(lines)
+
+
+def extras_line(choices: Dict[str, int]) -> str:
+    """'count guesses in 100 of 100 calls, speculation in 90 of 130 passes' from the meter's choices."""
+    parts = []
+    for what, unit in (("count guesses", "calls"), ("speculation", "passes")):
+        yes, no = choices.get(what, 0), choices.get(f"no {what}", 0)
+        measure = choices.get(f"{what} to measure it", 0)
+        if yes or no or measure:
+            parts.append(f"{what} in {yes} of {yes + no + measure} {unit}" + (f" (+{measure} to measure it)" if measure else ""))
+    return ", ".join(parts) or "none chosen"
 
 
 def quality_table(result: Dict[str, Any]) -> str:
     """String precision, recall and F1 per method, and string F1 per label."""
     labels = sorted({label for m in result["methods"].values() for label in m.get("f1_string_by_label", {})})
-    lines = [f"{'method':<18} {'P str':>7} {'R str':>7} {'F1 str':>7} " + " ".join(f"{label:>7}" for label in labels)]
+    lines = [f"{'method':<20} {'P str':>7} {'R str':>7} {'F1 str':>7} " + " ".join(f"{label:>7}" for label in labels)]
     for name, m in result["methods"].items():
         by_label = m.get("f1_string_by_label", {})
-        lines.append(f"{name:<18} {100 * m['p_string']:7.2f} {100 * m['r_string']:7.2f} {100 * m['f1_string']:7.2f} "
+        lines.append(f"{name:<20} {100 * m['p_string']:7.2f} {100 * m['r_string']:7.2f} {100 * m['f1_string']:7.2f} "
                      + " ".join(f"{100 * by_label.get(label, 0.0):7.2f}" for label in labels))
     return "\n".join(lines)
 

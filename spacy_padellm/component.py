@@ -55,7 +55,8 @@ def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str
                      all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
                      tree: bool, count_guesses: int, count_bias: Optional[float], small_batch: int,
-                     mentions_from_text: bool, overwrite_ents: bool, threads: int) -> "PaDeLLMNER":
+                     mentions_from_text: bool, overwrite_ents: bool, threads: int, lean_forward: bool
+                     ) -> "PaDeLLMNER":
     settings = {k: v for k, v in locals().items() if k in PIPE_DEFAULTS and k != "model"}
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       span_getter=span_getter, **settings)

@@ -23,11 +23,12 @@ class DecodeSettings:
     tree: bool = True  # tree-shaped passes where the model family allows (engine/family.py); same output
     count_guesses: int = 1  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
     count_bias: float = 0.0  # taken off the logits of a 0 count at the first count token (a recall knob)
-    # calls of at most this many texts get count guesses and speculation: extra tokens save passes while
-    # a pass is bound by reading the weights, and cost docs/s once it is bound by compute (BENCHMARKS.md)
-    small_batch: int = 4
+    # 0: count guesses and speculation are chosen per call and pass from this machine's measured pass
+    # cost (engine/extras.py); N: the fixed rule, extras for calls of at most N texts
+    small_batch: int = 0
     mentions_from_text: bool = False  # mention tokens constrained to substrings of the text (changes output)
     kv_budget_mb: int = 256  # most MB of key/value cache materialised for one batch of rows
+    lean_forward: bool = True  # Llama models run our own forward pass (engine/lean.py); same output, faster
 
     def __post_init__(self) -> None:
         defaults = DecodeSettings.__dataclass_fields__
@@ -70,11 +71,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "padellm_fp32": {"dtype": "float32"},
     # mentions constrained to substrings of the text
     "padellm_substring": {"mentions_from_text": True},
+    # transformers' own forward pass instead of engine/lean.py (same output: the benchmark checks it)
+    "padellm_hf": {"lean_forward": False},
+    # extras by the old fixed rule (calls of at most 4 texts) instead of this machine's pass costs
+    "padellm_fixed_extras": {"small_batch": 4},
 }
 
-POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb", "small_batch"}
+POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb"}
 UPPER = {"count_guesses": MAX_GUESSED_COUNT}
-NOTES = {"threads": " (0: the cores this process may use)", "split_count": " (0: never split)"}
+NOTES = {"threads": " (0: the cores this process may use)", "split_count": " (0: never split)",
+         "small_batch": " (0: chosen from this machine's pass costs)"}
 NUMBERS = {"count_bias"}  # ints or floats
 NULLABLE = {"count_bias"}  # the component's null: the adapter's tuned value
 

@@ -55,8 +55,8 @@ def test_fast_paths_equal_plain_greedy(overfit, wide_tiny, tree, guesses, specul
         picked = rng.sample(names, 3)
         texts.append(f"{picked[0]} met {picked[1]} in {picked[2]} .")
     labels = ["LOC", "ORG", "PER"]
-    plain = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=False).predict(texts, labels,
-                                                                                          [12] * len(texts))
+    plain = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=False, speculate=0,
+                    count_guesses=0).predict(texts, labels, [12] * len(texts))
     fast = Decoder(model, tok, get_template("en"), max_new_tokens=8, tree=tree, count_guesses=guesses,
                    speculate=speculate, small_batch=len(texts)).predict(texts, labels, [12] * len(texts))
     assert sum(len(p.mentions) for p in plain) > 30

@@ -15,10 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 
-from ..prompts import Template
+from ..prompts import Template, common_prefix_len
 from ..settings import DecodeSettings
 from ..types import DocPrediction, DocStats, MentionPrediction, output_sequences
 from .counts import CountVocabulary
+from .extras import Extras
 from .family import kv_bytes_per_token, takes_4d_mask
 from .greedy import Greedy
 from .parts import Call, Parts
@@ -40,11 +41,16 @@ class Decoder:
         if max_new_tokens is not None:
             overrides["max_new_tokens"] = max_new_tokens
         self.settings = (settings or DecodeSettings()).replace(**overrides)
-        self.runner = Runner(model, tokenizer, meter)
+        self.runner = Runner(model, tokenizer, meter, lean=self.settings.lean_forward)
         self.counts = CountVocabulary(self.runner, template)
         self.tree = self.settings.tree and takes_4d_mask(model)  # tree-shaped passes where the family allows
         greedy = Greedy(self.runner, self.settings.max_new_tokens, self.settings.mentions_from_text)
+        self.extras = Extras(model, self.runner.lean, self.settings.small_batch, self.settings.speculate,
+                             self.runner.meter)
+        if not self.settings.small_batch:
+            greedy.extras = self.extras  # speculation chosen per pass
         self.parts = Parts(self.runner, self.counts, greedy, template, self.settings, kv_bytes_per_token(model))
+        self._guess_tokens: Dict[str, int] = {}
 
     # ---- what callers read ------------------------------------------------------------------------
     model = property(lambda self: self.runner.model)
@@ -76,13 +82,24 @@ class Decoder:
         prompts = [[self.runner.encode(self.template.prompt(t, lab)) for lab in labels] for t in texts]
         out: List[DocPrediction] = []
         for rows in self.parts.batches([sum(len(p) for p in ps) for ps in prompts]):
-            small = len(rows) <= self.settings.small_batch
+            fixed = self.settings.small_batch
             call = Call([texts[r] for r in rows], list(labels), [prompts[r] for r in rows],
                         [max_counts[r] for r in rows], [DocStats() for _ in rows],
-                        guesses=self.settings.count_guesses if small else 0,
-                        speculate=self.settings.speculate if small else 0)
+                        guesses=self._guesses([prompts[r] for r in rows], labels) if self.tree else 0,
+                        speculate=self.settings.speculate if not fixed or len(rows) <= fixed else 0)
             out += self._predict(call)
         return out
+
+    def _guesses(self, prompts: List[List[List[int]]], labels: Sequence[str]) -> int:
+        """Count guesses for a call of these label prompts, if their tokens pay (engine/extras.py)."""
+        for lab in labels:
+            if lab not in self._guess_tokens:  # the nodes one guess adds to a label's branch
+                plain = self.runner.encode(self.template.prompt("x", lab))
+                guessed = self.runner.encode(self.template.mention_prompt("x", lab, 1, 1))
+                self._guess_tokens[lab] = len(guessed) - common_prefix_len(plain, guessed)
+        first = sum(len(ps[0]) + sum(len(p) - common_prefix_len(ps[0], p) for p in ps[1:]) for ps in prompts)
+        extra = len(prompts) * sum(self._guess_tokens[lab] for lab in labels)
+        return self.extras.guesses(self.settings.count_guesses, len(prompts), len(labels), first, extra)
 
     def _predict(self, call: Call) -> List[DocPrediction]:
         if self.tree:
@@ -91,6 +108,7 @@ class Decoder:
             counts, raw, label_state, label_rows = count_step(self.parts, call)
             requests = requests_of(call, label_rows, counts, list(range(len(label_rows))))
             mentions = mention_step(self.parts, call, label_state, requests)
+        self.extras.saw_counts(counts)
         n = len(call.labels)
         out = []
         for d, stats in enumerate(call.stats):  # label rows are doc-major: row d * n + j

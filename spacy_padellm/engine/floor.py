@@ -79,8 +79,34 @@ def gemm_rate(model: Any, dtype: torch.dtype, tokens: int = 96, seconds: float =
     return flops * runs / elapsed / 1e9
 
 
+def one_token_ms(model: Any, repeats: int = 9) -> Dict[str, float]:
+    """Median ms of a one-token pass from nothing: the model's own forward (transformers) and the engine's
+    (engine/lean.py where it applies, with the float32 scoring of the output layer). A small pass of the
+    engine is judged against the second: the weights are read once per pass either way."""
+    from .kv import extend
+    from .lean import lean_forward
+
+    ids = torch.tensor([[100]], device=next(model.parameters()).device)
+    lean = lean_forward(model)
+    runs = {"transformers": lambda: model(input_ids=ids), "engine": lambda: extend(model, None, [[100]], 0, lean=lean)}
+    out = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            run()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                if ids.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            out[name] = 1000 * sorted(times)[repeats // 2]
+    return out
+
+
 def calibrate(model: Any, tokens: int = 96) -> Dict[str, Any]:
-    """The floor of this run: CPU, threads, and the GEMM rate in fp32 and bf16 at the model's shapes."""
+    """The floor of this run: CPU, threads, the GEMM rate in fp32 and bf16 at the model's shapes, and what
+    a one-token pass of the model costs."""
     return {**cpu_description(), "threads": torch.get_num_threads(), "tokens": tokens,
             "gflops_fp32": gemm_rate(model, torch.float32, tokens),
-            "gflops_bf16": gemm_rate(model, torch.bfloat16, tokens)}
+            "gflops_bf16": gemm_rate(model, torch.bfloat16, tokens), "one_token_ms": one_token_ms(model)}

@@ -13,6 +13,7 @@ import torch
 
 from ..prompts import encode
 from ..types import DocStats
+from .extras import Extras
 from .kv import KVState
 from .rows import Row, RowBatch
 from .runner import Runner
@@ -60,6 +61,7 @@ class Greedy:
         self.max_new_tokens = max_new_tokens
         self.proposer = CopyProposer(runner.tokenizer)
         self.substrings = Substrings(runner.tokenizer) if substrings else None
+        self.extras: Optional[Extras] = None  # set: speculation is chosen per pass from the pass cost
 
     def prefill_and_decode(self, state: Optional[KVState], suffixes: List[List[int]], docs: List[int],
                            stats: List[DocStats], sources: Optional[List[Sequence[int]]] = None,
@@ -80,6 +82,7 @@ class Greedy:
                 for i, d in enumerate(docs)]
         batch = RowBatch(list(rows), state)
         pending = logits[:, None, :]  # [rows, positions, vocab]: next-token logits after each fed token
+        propose = speculate
         while batch.rows:
             logprobs = torch.log_softmax(pending, dim=-1)
             best = logprobs.max(dim=-1)
@@ -89,14 +92,20 @@ class Greedy:
             for pos, row in enumerate(batch.rows):
                 offset = pending.shape[1] - (len(row.proposal) + 1)  # the row's segment is right-aligned
                 alive, accepted = self._accept(row, tokens[pos], scores[pos], logprobs[pos], offset, stats)
+                if row.proposal and self.extras is not None:
+                    self.extras.saw_proposal(accepted)
                 if alive:
                     keep.append(pos)
                     cached.append(lengths[pos] - (len(row.proposal) - accepted))  # rejected proposals leave
-                    row.proposal = (self.proposer.propose(row.ids, row.source, speculate)
-                                    if sources is not None else [])
-                    segments.append([row.ids[-1]] + row.proposal)
+                    row.proposal = []
             if not keep:
                 break
+            if sources is not None and self.extras is not None:
+                propose = self.extras.speculate(speculate, len(keep))
+            for pos in keep:
+                row = batch.rows[pos]
+                row.proposal = self.proposer.propose(row.ids, row.source, propose) if sources is not None else []
+                segments.append([row.ids[-1]] + row.proposal)
             batch = batch.select(keep, cached)
             width = max(len(seg) for seg in segments)
             pending, state = self.runner.forward(batch.state, segments, batch.docs, stats, stage="mention",

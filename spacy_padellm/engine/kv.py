@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 
 from .family import takes_4d_mask
+from .lean import LeanLlama
 from .precision import inference_precision, new_cache, output_logits
 from .tree import Trie
 
@@ -102,12 +103,13 @@ def left_pad(segments: Sequence[Sequence[int]], pad_id: int, device: Any) -> Tup
 
 @torch.inference_mode()
 def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int]], pad_id: int,
-           n_logits: int = 1) -> Tuple[torch.Tensor, KVState]:
+           n_logits: int = 1, lean: Optional[LeanLlama] = None) -> Tuple[torch.Tensor, KVState]:
     """Feed one segment per row in ONE forward pass; return (float32 logits, new state): [rows, vocab] for
     the last token of each row, or [rows, n_logits, vocab] for the last n_logits columns.
 
     Segments are left-padded so the last column holds every row's last real token: only the needed
     columns' logits are computed (the output layer is ~20% of a pass over SmolLM2's 49k-word vocabulary).
+    `lean`: the model's own forward (engine/lean.py), same output.
     """
     device = model.device if state is None else state.mask.device
     ids, seg_mask = left_pad(segments, pad_id, device)
@@ -115,6 +117,10 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     positions = past_len[:, None] + seg_mask.cumsum(dim=1) - 1
     positions = positions.clamp(min=0)
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
+    if lean is not None:
+        hidden, layers = lean(ids, mask, positions, state.layers if state is not None else None)
+        logits = output_logits(model, hidden[:, -n_logits:, :])
+        return (logits[:, -1, :] if n_logits == 1 else logits), KVState(layers, mask)
     cache = new_cache(model, state.layers if state is not None else None)
     with inference_precision(model):
         if takes_4d_mask(model):  # a plain output layer: ours scores the winning candidates in float32
@@ -186,7 +192,8 @@ class TreeState:
 
 @torch.inference_mode()
 def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad_id: int,
-                want: Sequence[Sequence[int]]) -> Tuple[List[torch.Tensor], TreeState]:
+                want: Sequence[Sequence[int]], lean: Optional[LeanLlama] = None
+                ) -> Tuple[List[torch.Tensor], TreeState]:
     """Feed one trie per row in ONE forward pass: every node attends to its row's cached tokens, its
     ancestors and itself, at position (cached tokens + depth). Returns per row the float32 next-token
     logits [len(want[i]), vocab] after each wanted node, and the cache.
@@ -217,21 +224,24 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
         allowed[i, pad, cached + pad] = True
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    cache = new_cache(model, state.layers if state is not None else None)
-    with inference_precision(model):
-        out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
-                               position_ids=positions.to(device), past_key_values=cache, use_cache=True)
-        hidden = out.last_hidden_state
-        flat_rows = [i for i, w in enumerate(want) for _ in w]
-        flat_cols = [width - len(tries[i].tokens) + n for i, w in enumerate(want) for n in w]
-        picked = hidden[torch.as_tensor(flat_rows, dtype=torch.long, device=device),
-                        torch.as_tensor(flat_cols, dtype=torch.long, device=device)]
-        logits = output_logits(model, picked)
+    if lean is not None:
+        hidden, layers = lean(ids.to(device), mask4d.to(device), positions.to(device),
+                              state.layers if state is not None else None)
+    else:
+        cache = new_cache(model, state.layers if state is not None else None)
+        with inference_precision(model):
+            out = model.base_model(input_ids=ids.to(device), attention_mask=mask4d.to(device),
+                                   position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+        hidden, layers = out.last_hidden_state, _layers(out.past_key_values)
+    flat_rows = [i for i, w in enumerate(want) for _ in w]
+    flat_cols = [width - len(tries[i].tokens) + n for i, w in enumerate(want) for n in w]
+    picked = hidden[torch.as_tensor(flat_rows, dtype=torch.long, device=device),
+                    torch.as_tensor(flat_cols, dtype=torch.long, device=device)]
+    logits = output_logits(model, picked)  # float32 scoring runs outside autocast
     per_row, start = [], 0
     for w in want:
         per_row.append(logits[start: start + len(w)])
         start += len(w)
-    layers = _layers(out.past_key_values)
     node_mask = torch.zeros((rows, width), dtype=torch.long)
     for i, trie in enumerate(tries):
         node_mask[i, width - len(trie.tokens):] = 1

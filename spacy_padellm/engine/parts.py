@@ -36,8 +36,8 @@ class Parts:
 
 @dataclass(frozen=True)
 class Call:
-    """One batch of texts: their label prompts, caps, counters, and this call's extras (count guesses and
-    speculation apply to small calls only: DecodeSettings.small_batch)."""
+    """One batch of texts: their label prompts, caps, counters, and this call's extras (count guesses, and
+    the most proposal tokens a greedy pass may carry: engine/extras.py decides per pass)."""
     texts: Sequence[str]
     labels: Sequence[str]
     prompts: List[List[List[int]]]  # [text][label] prompt ids

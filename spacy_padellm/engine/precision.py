@@ -76,14 +76,20 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     bf16 weights: one bf16 matmul over the vocabulary, then the RESCORED best candidates of each position
     recomputed from the float32 hidden state (a bf16 logit of ~20 is only known to +-0.06, which decides
     near-ties at random). float32 weights: the plain output layer.
+
+    The hidden states are made one 2D block first: a strided 3D slice (the last position of a multi-token
+    pass) turns the linear layer into a batched matmul over a copy of the whole output matrix, 20 ms a pass
+    for SmolLM2's 49k x 576 (measured; it made a 1-row pass of 2+ tokens cost 3x a 1-token one).
     """
+    lead = hidden.shape[:-1]
+    hidden = hidden.reshape(-1, hidden.shape[-1])
     head = model.get_output_embeddings()
     if head.weight.dtype != torch.bfloat16:
-        return head(hidden).float()
+        return head(hidden).float().reshape(*lead, -1)
     with torch.autocast(hidden.device.type, enabled=False):
         logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), head.weight, head.bias).float()
-        top = logits.topk(min(RESCORED, logits.shape[-1]), dim=-1).indices  # [..., k]
-        exact = (head.weight[top].float() @ hidden.float().unsqueeze(-1)).squeeze(-1)  # [..., k]
+        top = logits.topk(min(RESCORED, logits.shape[-1]), dim=-1).indices  # [n, k]
+        exact = (head.weight[top].float() @ hidden.float().unsqueeze(-1)).squeeze(-1)  # [n, k]
         if head.bias is not None:
             exact = exact + head.bias[top].float()
-        return logits.scatter(-1, top, exact)
+        return logits.scatter(-1, top, exact).reshape(*lead, -1)

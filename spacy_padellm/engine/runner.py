@@ -15,6 +15,7 @@ import torch
 from ..prompts import encode, special_prefix
 from ..types import DocStats
 from .kv import KVState, TreeState, extend, extend_tree
+from .lean import lean_forward
 from .tree import Trie
 
 @dataclass
@@ -26,6 +27,7 @@ class Meter:
     tokens: Dict[str, int] = field(default_factory=dict)
     attended: Dict[str, float] = field(default_factory=dict)
     logits: Dict[str, int] = field(default_factory=dict)
+    choices: Dict[str, int] = field(default_factory=dict)  # extras chosen per call or pass (engine/extras.py)
 
     def add(self, stage: str, seconds: float, tokens: int = 0, attended: float = 0.0, logits: int = 0) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -35,15 +37,18 @@ class Meter:
         self.logits[stage] = self.logits.get(stage, 0) + logits
 
     def clear(self) -> None:
-        for counter in (self.seconds, self.passes, self.tokens, self.attended, self.logits):
+        for counter in (self.seconds, self.passes, self.tokens, self.attended, self.logits, self.choices):
             counter.clear()
 
 
 class Runner:
-    """A model and its tokenizer: encode and decode text, run one pass of rows (or of tries)."""
+    """A model and its tokenizer: encode and decode text, run one pass of rows (or of tries).
 
-    def __init__(self, model: Any, tokenizer: Any, meter: Optional[Meter] = None) -> None:
+    `lean`: run Llama models through our own forward pass (engine/lean.py; same output, less overhead)."""
+
+    def __init__(self, model: Any, tokenizer: Any, meter: Optional[Meter] = None, lean: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.lean = lean_forward(model) if lean else None
         self.meter = meter if meter is not None else Meter()
         self.bos = special_prefix(tokenizer)
         self.eos_ids: Set[int] = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -69,7 +74,7 @@ class Runner:
                 stats[d].prompt_tokens += len(seg)
         start = time.perf_counter()
         try:
-            return extend(self.model, state, segments, self.pad_id, n_logits)
+            return extend(self.model, state, segments, self.pad_id, n_logits, self.lean)
         finally:
             self._record(stage, start, state, [len(s) for s in segments],
                          [n * (n + 1) / 2 for n in map(len, segments)], len(segments) * n_logits)
@@ -83,7 +88,7 @@ class Runner:
             stats[d].prompt_tokens += len(trie.tokens)
         start = time.perf_counter()
         try:
-            return extend_tree(self.model, state, tries, self.pad_id, want)
+            return extend_tree(self.model, state, tries, self.pad_id, want, self.lean)
         finally:
             self._record(stage, start, state, [len(t.tokens) for t in tries],
                          [sum(t.depth) + len(t.tokens) for t in tries], sum(len(w) for w in want))

@@ -19,8 +19,11 @@ def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: 
     pipeline = Language(nlp.vocab)
     # adapter=None: the model being trained is plugged in below; the shipped adapter (the default) knows
     # only its own labels and would reject a user's new ones (E014)
+    # threads: the training's own (the pipe's default, the cores this process may use, would switch the
+    # rest of a 1-thread run to 2 threads beside another job: 4-5x slower steps, measured)
     pipe = pipeline.add_pipe("padellm_ner", config={"labels": list(labels), "template": template, "adapter": None,
-                                                    "max_new_tokens": max_new_tokens, "device": "cpu"})
+                                                    "max_new_tokens": max_new_tokens, "device": "cpu",
+                                                    "threads": torch.get_num_threads()})
     pipe.set_engine(Decoder(model, tokenizer, get_template(template), settings=pipe.decode_settings))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return evaluate(pipeline_annotate(pipeline, batch_size), gold_docs, batch_size)

@@ -1,0 +1,192 @@
+"""Whether a pass should carry extra tokens, decided from what this machine's passes cost.
+
+Two extras trade tokens for passes without changing the output: count guesses (the mention prompts of a
+count of 1 ride along in the first pass, so a label with one mention needs no second prompt pass) and
+copy-speculation (a mention row also feeds the text's next tokens, and one pass verifies them). Whether
+they pay depends on the machine: a pass has a cost that does not grow with its tokens (reading the
+weights, the per-op overhead) and one that does (compute). On the 2-core bf16 CPU a 1-token pass costs
+~30 ms and 64 tokens ~100 ms, so extra tokens are nearly free in a small pass and full price in a large
+one; on a GPU they are nearly free up to thousands of tokens. A fixed "small call" threshold cannot know
+this. `PassCost` measures passes of the shapes the choice is about once (lazily, when first needed: a
+first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and without proposals) and
+interpolates; `Extras` weighs the tokens an extra adds against the passes it saves, with the rates at
+which it saved them in the calls decoded so far (count distribution, accepted proposals).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+PROMPT_SIZES = (1, 16, 64)  # tokens of the timed first passes
+ROW_SIZES = (1, 8, 32)  # rows of the timed greedy passes
+EXPLORE = 16  # one greedy pass in this many speculates even when the estimate says it does not pay
+
+
+@dataclass(frozen=True)
+class PassCost:
+    """Seconds of one pass by the tokens it feeds: measured points, linear between them and beyond."""
+    points: Tuple[Tuple[int, float], ...]
+
+    def seconds(self, tokens: float) -> float:
+        pts = self.points
+        if tokens <= pts[0][0]:
+            return pts[0][1]
+        for (n0, t0), (n1, t1) in zip(pts, pts[1:]):
+            if tokens <= n1 or (n1, t1) == pts[-1]:
+                return t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)
+        return pts[-1][1]
+
+    def extra(self, tokens: float, more: float) -> float:
+        """What `more` tokens add to a pass of `tokens`."""
+        return max(0.0, self.seconds(tokens + more) - self.seconds(tokens))
+
+    def describe(self, unit: str = "tok") -> str:
+        return ", ".join(f"{n} {unit} {1000 * t:.0f} ms" for n, t in self.points)
+
+    @classmethod
+    def first_pass(cls, model: Any, lean: Any = None, sizes: Sequence[int] = PROMPT_SIZES) -> "PassCost":
+        """One row of `size` tokens from nothing, by size."""
+        return cls.of(model, lean, [(None, [[100 + i % 100 for i in range(n)]]) for n in sizes], sizes)
+
+    @classmethod
+    def greedy_passes(cls, model: Any, lean: Any, widths: Sequence[int], sizes: Sequence[int] = ROW_SIZES,
+                      cache: int = 16) -> Dict[int, "PassCost"]:
+        """Per width: `size` rows of `width` tokens each on a `cache`-token cache, by size (rows with a
+        cache cost more than one row of as many tokens: attention and the per-row work)."""
+        from .kv import extend
+
+        _, one = extend(model, None, [[100 + i for i in range(cache)]], 0, lean=lean)
+        states = [one.select([0] * n) for n in sizes]
+        return {w: cls.of(model, lean, [(st, [[7] * w] * n) for st, n in zip(states, sizes)], sizes) for w in widths}
+
+    @classmethod
+    def of(cls, model: Any, lean: Any, passes: Sequence[Tuple[Any, List[List[int]]]], sizes: Sequence[int],
+           repeats: int = 2) -> "PassCost":
+        """The median time of each (state, segments) pass, after a warm-up, through the engine's pass."""
+        from .kv import extend
+
+        points = []
+        for n, (state, ids) in zip(sizes, passes):
+            extend(model, state, ids, 0, lean=lean)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                extend(model, state, ids, 0, lean=lean)
+                times.append(time.perf_counter() - start)
+            points.append((n, sorted(times)[len(times) // 2]))
+        mono = [points[0]]  # a pass never costs less for more: noise must not make extras look free
+        for n, t in points[1:]:
+            mono.append((n, max(t, mono[-1][1])))
+        return cls(tuple(mono))
+
+
+@dataclass
+class Extras:
+    """Per call: count guesses or not; per greedy pass: speculate or not. `fixed_small_batch` > 0 keeps
+    the old rule for guesses (the decoder applies it to speculation too: extras for calls of at most that
+    many texts, never otherwise)."""
+    model: Any
+    lean: Any = None
+    fixed_small_batch: int = 0
+    speculate_width: int = 4  # the setting's proposal tokens: greedy passes of 1 + this are timed
+    meter: Any = None  # the runner's Meter: its `choices` count what was chosen (the benchmark prints them)
+    prompt_cost: Optional[PassCost] = None  # seconds by tokens of a one-row first pass
+    row_costs: Dict[int, PassCost] = field(default_factory=dict)  # per tokens a row feeds: seconds by rows
+    # label rows seen with a count of 0, 1 and 2+ (a flat prior of one each, soon outweighed)
+    count_rows: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # row passes that fed a proposal, and the proposed tokens they got accepted (prior: one each)
+    proposal_rows: float = 2.0
+    accepted: float = 2.0
+    declined: int = 0  # greedy passes in a row without speculation (every EXPLORE-th speculates anyway)
+
+    def first_pass_cost(self) -> PassCost:
+        self.measure()
+        return self.prompt_cost  # type: ignore[return-value]
+
+    def row_cost(self, width: int) -> PassCost:
+        self.measure(width)
+        return self.row_costs[width]
+
+    def measure(self, width: int = 0) -> None:
+        """Time what is not timed yet, all at once (~1 s on a CPU, in the first call: the warm-up's)."""
+        widths = sorted({1, width or 1 + self.speculate_width} - set(self.row_costs))
+        if self.prompt_cost is not None and not widths:
+            return
+        with torch.inference_mode():
+            if self.prompt_cost is None:
+                self.prompt_cost = PassCost.first_pass(self.model, self.lean)
+            if widths:
+                self.row_costs.update(PassCost.greedy_passes(self.model, self.lean, widths))
+
+    def describe(self) -> Dict[str, str]:
+        """The pass costs measured so far (the benchmark prints them)."""
+        out = {"first pass, by tokens": self.prompt_cost.describe()} if self.prompt_cost else {}
+        for width, cost in sorted(self.row_costs.items()):
+            out[f"greedy pass, by rows of {width} token(s)"] = cost.describe(unit="rows")
+        return out
+
+    def _count(self, key: str) -> None:
+        if self.meter is not None:
+            self.meter.choices[key] = self.meter.choices.get(key, 0) + 1
+
+    # ---- count guesses --------------------------------------------------------------------------
+    def guesses(self, wanted: int, docs: int, labels: int, prompt_tokens: int, guess_tokens: int) -> int:
+        """`wanted` guesses (the setting) or 0. Guesses add `guess_tokens` to the first pass of
+        `prompt_tokens`; they save the second (mention prompt) pass when no label row of the call has a
+        count of 2 or more, where without them any count of 1 or more needs it."""
+        if wanted == 0:
+            return 0
+        if self.fixed_small_batch:
+            use = docs <= self.fixed_small_batch
+        else:
+            zero, one, more = self.count_rows
+            total = zero + one + more
+            rows = docs * labels
+            p_skip_with = ((zero + one) / total) ** rows
+            p_skip_without = (zero / total) ** rows
+            cost = self.first_pass_cost()
+            use = (p_skip_with - p_skip_without) * self.second_pass(rows * (1 - zero / total)) > \
+                cost.extra(prompt_tokens, guess_tokens)
+        self._count("count guesses" if use else "no count guesses")
+        return wanted if use else 0
+
+    def second_pass(self, rows: float) -> float:
+        """Seconds of the mention prompt pass: the mean of those run so far (the meter's), else a greedy
+        pass of as many rows plus ~7 more tokens per row."""
+        passes = self.meter.passes.get("mention_prompt", 0) if self.meter is not None else 0
+        if passes:
+            return self.meter.seconds["mention_prompt"] / passes
+        return self.row_cost(1).seconds(rows) + self.first_pass_cost().extra(rows, 7 * rows)
+
+    def saw_counts(self, counts: Sequence[int]) -> None:
+        for c in counts:
+            self.count_rows[min(int(c), 2)] += 1
+
+    # ---- copy-speculation -----------------------------------------------------------------------
+    def speculate(self, wanted: int, rows: int) -> int:
+        """`wanted` proposal tokens per row for the next greedy pass of `rows` rows, or 0 (decided per
+        pass, so speculation starts once enough rows have finished). A pass of proposals saves the share
+        of passes its accepted tokens stand for, and costs what its proposed tokens add to the pass.
+        (The fixed rule decides per call, in the decoder.)"""
+        if wanted == 0:
+            return 0
+        more = self.row_cost(1 + wanted).seconds(rows) - self.row_cost(1).seconds(rows)
+        plain = self.row_cost(1).seconds(rows)
+        gain = self.accepted / self.proposal_rows  # tokens a row's proposal gains per pass, on average
+        use = gain / (1.0 + gain) * plain > more
+        # a declined extra learns nothing: now and then speculate anyway, so its rate stays measured
+        self.declined = 0 if use else self.declined + 1
+        explore = self.declined >= EXPLORE
+        if explore:
+            self.declined = 0
+        self._count("speculation" if use else "speculation to measure it" if explore else "no speculation")
+        return wanted if use or explore else 0
+
+    def saw_proposal(self, accepted: int) -> None:
+        """A row fed a proposal in the last pass and got `accepted` of its tokens."""
+        self.proposal_rows += 1
+        self.accepted += accepted
+

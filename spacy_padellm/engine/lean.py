@@ -1,0 +1,173 @@
+"""Our own forward pass for Llama models: the same numbers as transformers' LlamaModel, less overhead.
+
+A small pass (8 mention rows, one token each) spent more time outside its matmuls than in them (measured:
+the 210 linear layers of SmolLM2-135M take 24 ms for 8 rows in bf16, the whole pass 84 ms). The overhead
+is per-op: three projections where one would do, autocast's casts of the same input per projection, the
+keys and values of the whole cache repeated per head group before attention, a 4D mask rebuilt by vmap
+in every pass, and the modules' Python. This pass keeps each op transformers runs, in the same dtypes and
+the same order (so the output is bitwise the same; tests compare it), and cuts only the overhead:
+
+- q/k/v and gate/up are one matmul each over weights concatenated once (each output column is the same
+  dot product; the module weights become views into the fused ones, so no memory is added);
+- the float32 residual stream of engine/precision.py is written out (bf16 operands for the matmuls and
+  attention, float32 for norms, rotary and adds) instead of autocast plus an embedding hook;
+- attention takes the grouped keys as they are (`enable_gqa`) and a mask built here, in one step.
+
+Only plain Llama models take it (`lean_forward`): any other family, a LoRA model not merged, eager
+attention or scaled rotary embeddings keep transformers' forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .family import model_type
+from .precision import float32_residual
+
+Layers = Tuple[Tuple[torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass
+class _Layer:
+    norm_in: torch.Tensor
+    norm_post: torch.Tensor
+    qkv: torch.Tensor  # [heads*dim + 2*kv_heads*dim, hidden]
+    o: torch.Tensor
+    gate_up: torch.Tensor  # [2*intermediate, hidden]
+    down: torch.Tensor
+
+
+def supports(model: Any) -> bool:
+    """A plain (merged) Llama whose every projection is an nn.Linear without bias, sdpa attention, silu,
+    unscaled rotary embeddings, float32 weights or bf16 ones with the float32 residual."""
+    config = getattr(model, "config", None)
+    if model_type(model) != "llama" or config is None:
+        return False
+    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "rope_scaling", None):
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    if config.attention_bias or getattr(config, "mlp_bias", False):
+        return False
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers") or not hasattr(base, "rotary_emb"):
+        return False
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.float32, torch.bfloat16) or (dtype == torch.bfloat16 and not float32_residual(model)):
+        return False
+    for layer in base.layers:
+        mods = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,
+                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj]
+        if any(type(m) is not torch.nn.Linear for m in mods):  # LoRA layers, quantized linears: not ours
+            return False
+    return True
+
+
+def _fuse(modules: Sequence[torch.nn.Linear]) -> torch.Tensor:
+    """One weight for several linears of the same input; each module's weight becomes a view into it."""
+    with torch.no_grad():
+        fused = torch.cat([m.weight for m in modules], dim=0)
+        start = 0
+        for m in modules:
+            rows = m.weight.shape[0]
+            m.weight = torch.nn.Parameter(fused[start:start + rows], requires_grad=m.weight.requires_grad)
+            start += rows
+    return fused
+
+
+class LeanLlama:
+    """The forward pass of a Llama model's decoder stack: (ids, mask, positions, cached layers) ->
+    (float32 last hidden states [rows, width, hidden], the cache with the new columns)."""
+
+    def __init__(self, model: Any) -> None:
+        base = model.model
+        config = model.config
+        self.embed = base.embed_tokens.weight
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        self.inv_freq = base.rotary_emb.inv_freq
+        self.rope_scaling = base.rotary_emb.attention_scaling
+        self.norm = base.norm.weight
+        self.dtype = next(model.parameters()).dtype  # of the matmul operands and of the cache
+        self.layers: List[_Layer] = []
+        for layer in base.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                                      _fuse([attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj.weight,
+                                      _fuse([mlp.gate_proj, mlp.up_proj]), mlp.down_proj.weight))
+
+    def _norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """LlamaRMSNorm on a float32 stream: float32 out (the bf16 weight times a float32 tensor)."""
+        variance = h.pow(2).mean(-1, keepdim=True)
+        return weight * (h * torch.rsqrt(variance + self.eps))
+
+    def _rotary(self, positions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [rows, 1, width, dim] as LlamaRotaryEmbedding computes them, float32."""
+        inv = self.inv_freq[None, :, None].float().expand(positions.shape[0], -1, 1)
+        freqs = (inv @ positions[:, None, :].float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.rope_scaling)[:, None], (emb.sin() * self.rope_scaling)[:, None]
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return (x * cos) + (torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin)
+
+    @staticmethod
+    def row_mask(mask2d: torch.Tensor, width: int) -> torch.Tensor:
+        """The bool [rows, 1, width, cols] mask of a row pass: a fed token sees the row's real columns up to
+        itself. A padding query sees itself only (its output is never read; no row is all-masked)."""
+        cols = mask2d.shape[1]
+        cached = cols - width
+        q = torch.arange(width, device=mask2d.device)[:, None] + cached
+        c = torch.arange(cols, device=mask2d.device)[None, :]
+        allowed = (c <= q)[None] & mask2d.bool()[:, None, :]
+        pad = ~mask2d[:, cached:].bool()  # [rows, width]
+        if bool(pad.any()):
+            allowed = allowed | ((c == q)[None] & pad[:, :, None])
+        return allowed[:, None]
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 past: Optional[Layers]) -> Tuple[torch.Tensor, Layers]:
+        """`mask`: the row pass's 2D [rows, cached + width] mask, or a tree pass's additive 4D mask."""
+        rows, width = ids.shape
+        attn_mask = self.row_mask(mask, width) if mask.dim() == 2 else mask
+        cos, sin = self._rotary(positions)
+        h = F.embedding(ids, self.embed).float()
+        out: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        for i, layer in enumerate(self.layers):
+            x = self._norm(h, layer.norm_in).to(self.dtype)
+            qkv = F.linear(x, layer.qkv)
+            q = qkv[..., :nq].view(rows, width, self.heads, self.head_dim).transpose(1, 2)
+            k = qkv[..., nq:nq + nkv].view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = qkv[..., nq + nkv:].view(rows, width, self.kv_heads, self.head_dim).transpose(1, 2)
+            q = self._rotate(q, cos, sin).to(self.dtype)
+            k = self._rotate(k, cos, sin).to(self.dtype)
+            if past is not None:
+                k = torch.cat([past[i][0], k], dim=-2)
+                v = torch.cat([past[i][1], v], dim=-2)
+            else:
+                k, v = k.contiguous(), v.contiguous()
+            out.append((k, v))
+            a = F.scaled_dot_product_attention(q.contiguous(), k, v, attn_mask=attn_mask,
+                                               scale=self.head_dim ** -0.5, enable_gqa=self.heads != self.kv_heads)
+            h = h + F.linear(a.transpose(1, 2).reshape(rows, width, nq), layer.o)
+            x = self._norm(h, layer.norm_post).to(self.dtype)
+            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
+            h = h + F.linear(F.silu(gate) * up, layer.down)
+        return self._norm(h, self.norm), tuple(out)
+
+
+def lean_forward(model: Any) -> Optional[LeanLlama]:
+    """The model's LeanLlama (built once per model and kept on it), or None where it does not apply."""
+    lean = model.__dict__.get("_padellm_lean")
+    if lean is None and supports(model):
+        lean = LeanLlama(model)
+        model.__dict__["_padellm_lean"] = lean
+    return lean

@@ -1,0 +1,98 @@
+"""engine/extras.py: extra tokens are carried where this machine's passes make them pay, and only there."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_padellm.engine.decoder import Decoder
+from spacy_padellm.engine.extras import Extras, PassCost
+from spacy_padellm.engine.runner import Meter
+from spacy_padellm.prompts import get_template
+
+from helpers import LABELS, SENTENCES
+
+# a CPU-like machine (2-core bf16, measured shapes): ~30 ms a pass plus ~1 ms a token, more for rows with
+# a cache; a GPU-like one: 10 ms up to 1,000 tokens
+CPU = PassCost(((1, 0.030), (16, 0.045), (64, 0.100)))
+CPU_ROWS = {1: PassCost(((1, 0.030), (8, 0.055), (32, 0.120))), 5: PassCost(((1, 0.040), (8, 0.082), (32, 0.300)))}
+GPU = PassCost(((1, 0.010), (16, 0.010), (1000, 0.011)))
+GPU_ROWS = {1: PassCost(((1, 0.010), (32, 0.010), (1000, 0.011))), 5: PassCost(((1, 0.010), (32, 0.010), (1000, 0.012)))}
+
+
+def test_pass_cost_interpolates_and_extrapolates():
+    assert CPU.seconds(1) == 0.030 and CPU.seconds(0) == 0.030
+    assert abs(CPU.seconds(40) - 0.0725) < 1e-9
+    assert abs(CPU.seconds(128) - (0.100 + 64 * 0.055 / 48)) < 1e-9  # the last slope goes on
+    assert CPU.extra(64, 64) > GPU.extra(64, 64) * 50
+    assert "64 tok 100 ms" in CPU.describe()
+
+
+def test_measured_costs_grow_with_tokens_and_rows(tiny_llama):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    with torch.inference_mode():
+        costs = [PassCost.first_pass(model, sizes=(1, 8, 32))] + list(PassCost.greedy_passes(model, None, [1, 5]).values())
+    for cost in costs:
+        times = [t for _, t in cost.points]
+        assert len(times) == 3 and times == sorted(times) and times[0] > 0
+
+
+def test_choices_follow_the_cost_of_tokens():
+    meter = Meter()
+    for cost, rows, small, large in ((CPU, CPU_ROWS, 1, 0), (GPU, GPU_ROWS, 1, 1)):
+        extras = Extras(None, meter=meter, prompt_cost=cost, row_costs=dict(rows))
+        extras.count_rows = [60.0, 25.0, 15.0]  # CoNLL-like: most label rows have no mention
+        meter.clear()
+        meter.add("mention_prompt", 2.6 * cost.seconds(1), tokens=23)  # its pass as measured so far: 78 ms on the CPU
+        # one document: guesses cost ~24 tokens of a ~64-token pass and often save a whole pass
+        assert extras.guesses(1, docs=1, labels=4, prompt_tokens=64, guess_tokens=24) == small
+        # 32 documents: some label row has 2+ mentions, a second pass is needed anyway (no gain)
+        assert extras.guesses(1, docs=32, labels=4, prompt_tokens=2000, guess_tokens=768) == 0
+        assert extras.speculate(4, rows=8) == 4 * small
+        assert extras.speculate(4, rows=256) == 4 * large  # 1,024 extra tokens: compute on a CPU, free on a GPU
+        assert extras.speculate(0, rows=8) == 0
+        choices = dict(meter.choices)
+    assert choices == {"count guesses": 1, "no count guesses": 1, "speculation": 2}  # the GPU-like one
+
+
+
+def test_rates_are_learned_from_what_was_decoded():
+    extras = Extras(None, prompt_cost=CPU, row_costs=dict(CPU_ROWS))
+    extras.saw_counts([0] * 50 + [1] * 10 + [3] * 40)  # many long lists: a guess of 1 rarely saves a pass
+    assert extras.guesses(1, docs=1, labels=4, prompt_tokens=64, guess_tokens=24) == 0
+    for _ in range(1000):
+        extras.saw_proposal(0)  # proposals never accepted: speculation only costs
+    chosen = [extras.speculate(4, rows=4) for _ in range(32)]
+    assert chosen.count(4) == 2 and chosen[15] == chosen[31] == 4  # but it is tried now and then, to measure it
+
+
+def test_fixed_rule_and_same_output(tiny_llama):
+    """small_batch > 0: the old threshold. Either way the output is plain greedy's, and the meter shows
+    what was chosen."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    outputs = []
+    for settings in ({"small_batch": 0}, {"small_batch": 1}, {"count_guesses": 0, "speculate": 0}):
+        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, **settings)
+        preds = dec.predict(SENTENCES, LABELS, [3] * len(SENTENCES))
+        outputs.append([(p.counts, [(m.label, m.text) for m in p.mentions]) for p in preds])
+        if settings == {"small_batch": 0}:
+            assert dec.extras.prompt_cost is not None and sum(dec.meter.choices.values()) >= 1
+            assert "first pass, by tokens" in dec.extras.describe()
+        if settings == {"small_batch": 1}:  # more texts than the threshold: no extras, nothing measured
+            assert dec.extras.prompt_cost is None and dec.meter.choices == {"no count guesses": 1}
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_costs_are_measured_once(tiny_llama, monkeypatch):
+    """All pass costs are timed together, at the first decision, and never again."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    calls = []
+    original = PassCost.of.__func__
+    monkeypatch.setattr(PassCost, "of", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    extras = Extras(model, speculate_width=4)
+    extras.guesses(1, docs=1, labels=4, prompt_tokens=64, guess_tokens=24)
+    assert set(extras.row_costs) == {1, 5} and len(calls) == 3  # the first pass, greedy passes of 1 and 5 tokens
+    for rows in (1, 3, 8, 40):
+        extras.speculate(4, rows)
+    extras.guesses(1, docs=2, labels=4, prompt_tokens=128, guess_tokens=48)
+    assert len(calls) == 3

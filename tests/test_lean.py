@@ -1,0 +1,89 @@
+"""engine/lean.py: our forward pass gives transformers' numbers bitwise, on every pass shape we run."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spacy_padellm.engine.decoder import Decoder
+from spacy_padellm.engine.kv import extend, extend_tree
+from spacy_padellm.engine.lean import lean_forward, supports
+from spacy_padellm.engine.tree import Trie
+from spacy_padellm.prompts import get_template
+
+from helpers import LABELS, SENTENCES
+
+
+def load(folder, dtype, **kwargs):
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype, **kwargs).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_and_tree_passes_equal_transformers_bitwise(tiny_llama, dtype):
+    model, tok = load(tiny_llama, dtype)
+    lean = lean_forward(model)
+    assert lean is not None
+    segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
+    # a first pass of ragged rows (left padding), then a second pass on its cache
+    plain, s_plain = extend(model, None, segs, 0)
+    ours, s_ours = extend(model, None, segs, 0, lean=lean)
+    assert torch.equal(plain, ours)
+    for (k1, v1), (k2, v2) in zip(s_plain.layers, s_ours.layers):  # real columns only: padding is never read
+        real = s_plain.mask.bool()
+        assert torch.equal(k1.transpose(1, 2)[real], k2.transpose(1, 2)[real])
+        assert torch.equal(v1.transpose(1, 2)[real], v2.transpose(1, 2)[real])
+    nxt = [[5, 6, 7], [8, 9, 10], [11, 12, 13]]  # same width: all n_logits positions are real
+    assert torch.equal(extend(model, s_plain, nxt, 0, n_logits=3)[0], extend(model, s_ours, nxt, 0, n_logits=3, lean=lean)[0])
+    # a tree pass from nothing, then one on branches cut out of it
+    tries = [Trie.of([segs[0] + [20, 21], segs[0] + [22]]), Trie.of([segs[1] + [23], segs[1] + [24, 25, 26]])]
+    want = [t.ends for t in tries]
+    (la, ta), (lb, tb) = extend_tree(model, None, tries, 0, want), extend_tree(model, None, tries, 0, want, lean=lean)
+    assert all(torch.equal(x, y) for x, y in zip(la, lb))
+    paths = [tries[0].path(tries[0].ends[1]), tries[1].path(tries[1].ends[0]), tries[1].path(tries[1].ends[1])]
+    ba, bb = ta.branch([0, 1, 1], [0, 0, 0], paths), tb.branch([0, 1, 1], [0, 0, 0], paths)
+    more = [Trie.of([[30, 31], [30, 32, 33]]), Trie.of([[34]]), Trie.of([[35, 36]])]
+    la, _ = extend_tree(model, ba, more, 0, [t.ends for t in more])
+    lb, _ = extend_tree(model, bb, more, 0, [t.ends for t in more], lean=lean)
+    assert all(torch.equal(x, y) for x, y in zip(la, lb))
+    assert torch.equal(extend(model, ba, [[5], [6], [7]], 0)[0], extend(model, bb, [[5], [6], [7]], 0, lean=lean)[0])
+
+
+def test_fusing_leaves_the_model_as_it_was(tiny_llama):
+    """The module weights become views into the fused ones: transformers' forward gives the same logits
+    after, and no weight is held twice."""
+    model, tok = load(tiny_llama, torch.float32)
+    ids = torch.tensor([tok("Paris is in France .")["input_ids"]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    lean = lean_forward(model)
+    assert lean_forward(model) is lean  # built once per model
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids).logits, before)
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + attn.q_proj.weight.numel() * 4
+
+
+def test_other_models_keep_the_transformers_forward(tiny_llama, tiny_gpt2, tiny_qwen2):
+    from peft import LoraConfig, get_peft_model
+
+    assert not supports(load(tiny_gpt2, torch.float32)[0])
+    assert not supports(load(tiny_qwen2, torch.float32)[0])  # q/k/v biases
+    assert not supports(load(tiny_llama, torch.float32, attn_implementation="eager")[0])
+    lora = get_peft_model(load(tiny_llama, torch.float32)[0], LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not supports(lora) and lean_forward(lora) is None  # LoRA layers not merged: not plain linears
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_decoder_output_is_the_same_with_and_without(tiny_llama, tree):
+    model, tok = load(tiny_llama, torch.bfloat16)
+    out = []
+    for lean in (False, True):
+        # extras by the fixed rule (always on here): timed choices could differ between the two decoders,
+        # and a token scored in a pass of another shape differs in its last bits
+        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, tree=tree, lean_forward=lean,
+                      small_batch=len(SENTENCES))
+        assert (dec.runner.lean is not None) == lean
+        out.append([(p.counts, [(m.label, m.text, m.logprob) for m in p.mentions])
+                    for p in dec.predict(SENTENCES, LABELS, [3] * len(SENTENCES))])
+    assert out[0] == out[1]
