@@ -23,9 +23,10 @@ class DecodeSettings:
     tree: bool = True  # tree-shaped passes where the model family allows (engine/family.py); same output
     count_guesses: int = 1  # tree path: mention prompts of counts 1..N ride along in the first pass; same output
     count_bias: float = 0.0  # taken off the logits of a 0 count at the first count token (a recall knob)
-    # 0: count guesses and speculation are chosen per call and pass from this machine's measured pass
-    # cost (engine/extras.py); N: the fixed rule, extras for calls of at most N texts
-    small_batch: int = 0
+    # N: count guesses and speculation for calls of at most N texts (deterministic); 0: chosen per call and
+    # pass from this machine's measured pass costs (engine/extras.py; timing-dependent, so a score can
+    # differ in its last bits between two runs of the same text: opt-in)
+    small_batch: int = 4
     mentions_from_text: bool = False  # mention tokens constrained to substrings of the text (changes output)
     kv_budget_mb: int = 256  # most MB of key/value cache materialised for one batch of rows
     lean_forward: bool = True  # Llama models run our own forward pass (engine/lean.py); same output, faster
@@ -73,8 +74,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "padellm_substring": {"mentions_from_text": True},
     # transformers' own forward pass instead of engine/lean.py (same output: the benchmark checks it)
     "padellm_hf": {"lean_forward": False},
-    # extras by the old fixed rule (calls of at most 4 texts) instead of this machine's pass costs
-    "padellm_fixed_extras": {"small_batch": 4},
+    # extras chosen from this machine's measured pass costs instead of the fixed rule (calls of at most 4 texts)
+    "padellm_auto_extras": {"small_batch": 0},
 }
 
 POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb"}
