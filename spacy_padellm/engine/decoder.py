@@ -91,7 +91,10 @@ class Decoder:
         return out
 
     def _guesses(self, prompts: List[List[List[int]]], labels: Sequence[str]) -> int:
-        """Count guesses for a call of these label prompts, if their tokens pay (engine/extras.py)."""
+        """Count guesses for a call of these label prompts, if their tokens pay (engine/extras.py). The
+        fixed rule needs no token counts: they are only worked out for the measured choice."""
+        if self.settings.small_batch:
+            return self.extras.guesses(self.settings.count_guesses, len(prompts), len(labels), 0, 0)
         for lab in labels:
             if lab not in self._guess_tokens:  # the nodes one guess adds to a label's branch
                 plain = self.runner.encode(self.template.prompt("x", lab))
