@@ -136,10 +136,11 @@ def benchmark(gold: List[Doc], runners: Dict[str, Run], batch_sizes: Sequence[in
                 scores = metrics([Example(d, g) for (d, _, _), g in zip(outputs[name], gold)])
                 result["methods"][name].update({k: scores[k] for k in ("f1_string", "f1_span", "p_string",
                                                                        "r_string", "f1_string_by_label")})
-                if "padellm" in names:  # F1 hides flips that cancel; count the documents whose output differs
-                    pairs = zip(outputs[name], outputs["padellm"])
-                    same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
-                    result["methods"][name]["docs_same_as_padellm"] = same / len(gold)
+                for other in ("padellm", "padellm_plain"):  # F1 hides flips that cancel: count the
+                    if other in names:  # documents whose output differs (padellm_plain: plain greedy too)
+                        pairs = zip(outputs[name], outputs[other])
+                        same = sum(mine == theirs for (_, mine, _), (_, theirs, _) in pairs)
+                        result["methods"][name][f"docs_same_as_{other}"] = same / len(gold)
     if "padellm" in names:
         base = result["methods"]["padellm"]["by_batch_size"]
         result["speedup_vs"] = {}
@@ -217,6 +218,9 @@ def table(result: Dict[str, Any]) -> str:
                          f"{e['generated_tokens_mean']:6.1f} {e['sequence_tokens_mean']:5.1f} {floor} "
                          f"{100 * m['f1_string']:7.2f} {100 * m['f1_span']:7.2f} "
                          f"{100 * m.get('docs_same_as_padellm', float('nan')):6.1f}")
+    if "docs_same_as_padellm_plain" in result["methods"].get("padellm_reference", {}):
+        same = result["methods"]["padellm_reference"]["docs_same_as_padellm_plain"]
+        lines.append(f"padellm_reference vs padellm_plain (both plain greedy): {100 * same:.1f}% of docs the same")
     for name, by in result.get("speedup_vs", {}).items():
         lines.append(f"padellm vs {name}: " + ", ".join(f"bs {bs}: {x:.2f}x" for bs, x in by.items()))
     return "\n".join(lines)

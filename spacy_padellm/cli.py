@@ -220,8 +220,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", default="en", help="spaCy language code for tokenization (default: en)")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights' dtype (default: auto: bf16 where fast)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0, the cores this process may use)")
-    p.add_argument("--mentions-from-text", action="store_true",
-                   help="constrain mentions to word-aligned substrings of the text (changes output)")
+    p.add_argument("--mentions-from-text", action=argparse.BooleanOptionalAction, default=True,
+                   help="constrain mentions to word-aligned substrings of the text (default); "
+                        "--no-mentions-from-text: the paper's plain greedy decoding")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

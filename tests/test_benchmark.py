@@ -15,7 +15,7 @@ CONLL = "".join(f"{w} {t}\n" if w else "\n" for w, t in [
 
 @pytest.mark.slow  # every method, two batch sizes
 def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_adapter):
-    adapters = {name: tiny_adapter for name in ("padellm", "padellm_rows", "padellm_fp32", "padellm_substring",
+    adapters = {name: tiny_adapter for name in ("padellm", "padellm_rows", "padellm_fp32", "padellm_plain",
                                                   "padellm_reference")}
     for fmt in ("autoreg_struct", "autoreg_aug"):
         folder = make_adapter(tiny_llama, tmp_path / fmt, LABELS)
@@ -27,14 +27,14 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     out, png = tmp_path / "results.json", tmp_path / "results.png"
     cmd = [sys.executable, "-m", "spacy_padellm", "benchmark", "--data", str(data), "--limit", "3",
            "--model", tiny_llama, "--dtype", "float32", "--batch-sizes", "1,2", "--out", str(out), "--plot", str(png),
-           "--methods", ",".join(["padellm", "padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference",
+           "--methods", ",".join(["padellm", "padellm_rows", "padellm_fp32", "padellm_plain", "padellm_reference",
                                   "autoreg_struct", "autoreg_aug"]),
            "--adapters", ",".join(f"{k}={v}" for k, v in adapters.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["n_docs"] == 3 and "cores" in result["device"]
-    assert set(result["methods"]) == {"padellm", "padellm_rows", "padellm_fp32", "padellm_substring",
+    assert set(result["methods"]) == {"padellm", "padellm_rows", "padellm_fp32", "padellm_plain",
                                       "padellm_reference", "autoreg_struct", "autoreg_aug"}
     for m in result["methods"].values():
         assert 0.0 <= m["f1_string"] <= 1.0 and 0.0 <= m["f1_span"] <= 1.0
@@ -48,16 +48,18 @@ def test_benchmark_command_writes_the_promised_json(tmp_path, tiny_llama, tiny_a
     for fmt in ("autoreg_struct", "autoreg_aug"):  # one output sequence per document
         e = result["methods"][fmt]["by_batch_size"]["1"]
         assert e["sequence_tokens_mean"] == e["generated_tokens_mean"]
-    assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_fp32", "padellm_substring", "padellm_reference",
+    assert set(result["speedup_vs"]) == {"padellm_rows", "padellm_fp32", "padellm_plain", "padellm_reference",
                                          "autoreg_struct", "autoreg_aug"}
     assert all(set(v) == {"1", "2"} for v in result["speedup_vs"].values())
-    # the engine and the reference procedure decode the same mentions with the same adapter
-    p, r = result["methods"]["padellm"], result["methods"]["padellm_reference"]
+    # the engine's plain greedy setting and the reference procedure decode the same mentions
+    p, r = result["methods"]["padellm_plain"], result["methods"]["padellm_reference"]
     assert abs(p["f1_string"] - r["f1_string"]) < 1e-9
-    assert abs(p["f1_string"] - result["methods"]["padellm_rows"]["f1_string"]) < 1e-9
-    assert p["docs_same_as_padellm"] == 1.0
+    assert r["docs_same_as_padellm_plain"] == 1.0
+    assert "padellm_reference vs padellm_plain (both plain greedy): 100.0% of docs the same" in proc.stdout
+    # the row engine keeps the default's output (mentions from the text)
+    assert abs(result["methods"]["padellm"]["f1_string"] - result["methods"]["padellm_rows"]["f1_string"]) < 1e-9
+    assert result["methods"]["padellm"]["docs_same_as_padellm"] == 1.0
     assert result["methods"]["padellm_rows"]["docs_same_as_padellm"] == 1.0
-    assert result["methods"]["padellm_reference"]["docs_same_as_padellm"] == 1.0
     # per-stage breakdown for both engine variants: the tree path spends its first pass on "prompt" only
     stages = p["by_batch_size"]["1"]["stages"]
     assert stages["prompt"]["passes_per_batch"] == 1.0 and stages["prompt"]["ms_per_doc"] > 0

@@ -82,7 +82,7 @@ def as_tuples(pred):
 @pytest.mark.parametrize("tree", [True, False])
 def test_decoder_equals_plain_greedy_without_cache(tiny_llama, tree):
     model, tok = load(tiny_llama)
-    dec = Decoder(model, tok, get_template("en"), max_new_tokens=4, tree=tree)
+    dec = Decoder(model, tok, get_template("en"), max_new_tokens=4, tree=tree, mentions_from_text=False)
     assert dec.tree is tree
     texts, caps = TEXTS[:3], [3, 2, 4]
     preds = dec.predict(texts, LABELS, caps)

@@ -133,7 +133,7 @@ def test_fuzz_the_real_engine_on_hostile_text(nlp_tiny, text):
 
 def babbling_decoder(tiny_llama, max_new_tokens=5):
     """The tiny model with +100 on the logit of '9' and -100 on EOS: every count is 999..., and every
-    mention is '99999...' that never ends."""
+    mention is '99999...' that never ends (plain greedy: mentions from the text could not write it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from spacy_padellm.engine.decoder import Decoder
@@ -145,7 +145,7 @@ def babbling_decoder(tiny_llama, max_new_tokens=5):
     bias[tok.convert_tokens_to_ids("9")] = 100.0
     bias[tok.eos_token_id] = -100.0
     model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
-    return Decoder(model, tok, get_template("en"), max_new_tokens=max_new_tokens)
+    return Decoder(model, tok, get_template("en"), max_new_tokens=max_new_tokens, mentions_from_text=False)
 
 
 def test_a_babbling_model_does_bounded_work(tiny_llama):

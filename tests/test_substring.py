@@ -74,7 +74,8 @@ def test_constrained_mentions_come_from_the_text(seed, tokenizer, tmp_path):
     model, tok = load(build_tiny("llama", tokenizer, tmp_path / "m", seed=seed))
     texts = SENTENCES + ODD
     caps = [4] * len(texts)
-    plain = Decoder(model, tok, get_template("en"), max_new_tokens=6).predict(texts, LABELS, caps)
+    plain = Decoder(model, tok, get_template("en"), max_new_tokens=6,
+                    mentions_from_text=False).predict(texts, LABELS, caps)
     assert any(not _valid(m.text, t, m.finished) for p, t in zip(plain, texts) for m in p.mentions)
     runs = [Decoder(model, tok, get_template("en"), max_new_tokens=6, tree=tree, speculate=spec,
                     mentions_from_text=True, small_batch=len(texts)).predict(texts, LABELS, caps)
@@ -104,9 +105,9 @@ def test_mention_strings_keep_their_spaces(tiny_llama):
 def test_component_setting_reaches_the_engine_and_survives_to_disk(tiny_llama, tmp_path):
     import spacy
 
-    nlp = spacy.blank("en")
+    nlp = spacy.blank("en")  # the default: no setting needed
     nlp.add_pipe("padellm_ner", config={"model": tiny_llama, "labels": LABELS, "dtype": "float32", "device": "cpu",
-                                        "max_new_tokens": 6, "mentions_from_text": True})
+                                        "max_new_tokens": 6})
     docs = list(nlp.pipe(SENTENCES))
     assert nlp.get_pipe("padellm_ner").decoder.settings.mentions_from_text is True
     assert any(doc.user_data["padellm"]["mentions"] for doc in docs)
@@ -115,13 +116,23 @@ def test_component_setting_reaches_the_engine_and_survives_to_disk(tiny_llama, t
             assert _valid(text, doc.text, True) or _valid(text, doc.text, False)
     nlp.to_disk(tmp_path / "p")
     assert spacy.load(tmp_path / "p").get_pipe("padellm_ner").cfg["mentions_from_text"] is True
+    plain = spacy.blank("en")  # the paper's plain greedy, kept as a setting, survives to disk too
+    plain.add_pipe("padellm_ner", config={"model": tiny_llama, "labels": LABELS, "dtype": "float32",
+                                          "device": "cpu", "max_new_tokens": 6, "mentions_from_text": False})
+    assert plain.get_pipe("padellm_ner").decoder.settings.mentions_from_text is False
+    plain.to_disk(tmp_path / "plain")
+    assert spacy.load(tmp_path / "plain").get_pipe("padellm_ner").cfg["mentions_from_text"] is False
 
 
-def test_cli_flag_turns_it_on(tiny_llama, tiny_adapter, tmp_path, capsys):
-    """`annotate` and `evaluate` take --mentions-from-text."""
+def test_cli_flags_turn_it_on_and_off(tiny_llama, tiny_adapter, tmp_path, capsys):
+    """`annotate` and `evaluate` constrain mentions by default; --no-mentions-from-text is plain greedy."""
     import json
 
-    from spacy_padellm.cli import main
+    from spacy_padellm.cli import _pipe_config, build_parser, main
+
+    for flags, want in (([], True), (["--mentions-from-text"], True), (["--no-mentions-from-text"], False)):
+        for command in (["annotate", "x"], ["evaluate", "--data", "d.conll"]):
+            assert _pipe_config(build_parser().parse_args(command[:1] + flags + command[1:]))["mentions_from_text"] is want
 
     data = tmp_path / "dev.conll"
     data.write_text("Ada B-PER\nmet O\nCharles B-PER\nBabbage I-PER\n. O\n\nParis B-LOC\n. O\n\n")
@@ -130,6 +141,6 @@ def test_cli_flag_turns_it_on(tiny_llama, tiny_adapter, tmp_path, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert len(lines) == 2
     out = tmp_path / "scores.json"
-    assert main(["evaluate", "--data", str(data), "--model", tiny_llama, "--adapter", tiny_adapter, "--mentions-from-text",
-                 "--out", str(out)]) == 0
+    assert main(["evaluate", "--data", str(data), "--model", tiny_llama, "--adapter", tiny_adapter,
+                 "--no-mentions-from-text", "--out", str(out)]) == 0
     assert "f1_string" in json.loads(out.read_text())

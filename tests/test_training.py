@@ -146,7 +146,8 @@ def test_project_workflow_runs_end_to_end_on_a_tiny_slice(tmp_path, tiny_llama):
     scores = json.loads((work / "metrics" / "dev.json").read_text())
     assert "f1_span" in scores and "f1_string" in scores
     html = (work / "visualize" / "dev.html").read_text()
-    assert html.count("class=\"entities\"") == 2 and "Zed Bank hired Bob" in html
+    assert html.count("class=\"entities\"") == 2  # both dev docs, their words around any entity markup
+    assert all(word in html for word in ("Zed", "Bank", "hired", "Bob"))
     assert "strings" in result.stdout and "PER" in result.stdout  # the per-label table was printed
 
 

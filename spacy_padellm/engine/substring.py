@@ -1,4 +1,4 @@
-"""Mentions constrained to substrings of the text (opt-in: `mentions_from_text`).
+"""Mentions constrained to substrings of the text (`mentions_from_text`, the default; off: plain greedy).
 
 A mention is copied from the text, but a small model sometimes writes a string that is not there
 ("Greensham" for "Grace Road") or stops inside a word ("Leicester" for "Leicestershire"). With the
