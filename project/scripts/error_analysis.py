@@ -13,6 +13,9 @@ mention is the k-th gold mention (long lists lose their place).
     python project/scripts/error_analysis.py ../shared/data/conll2003/dev.conll --stride 8 \
         --adapter old=spacy_padellm/default_adapter --adapter new=training_runs/default-3ep/best \
         --out benchmarks/error_analysis.json --markdown benchmarks/error_analysis.md
+
+`--include` adds the columns of an earlier `--out` (a run with another `--config`, or adapters measured
+before).
 """
 from __future__ import annotations
 
@@ -111,12 +114,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=None)
     parser.add_argument("--markdown", default=None)
+    parser.add_argument("--include", action="append", default=[],
+                        help="the --out JSON of an earlier run: its adapters come first in the tables (repeatable)")
     args = parser.parse_args()
     adapters = dict(a.split("=", 1) for a in args.adapter) or {"default": "default"}
     vocab = spacy.blank("en").vocab
     golds = [d for d in read_any(args.data, vocab) if d.text.strip()][:: args.stride]
     golds = golds[: args.limit or None]
     results: Dict[str, Dict[str, Any]] = {}
+    for earlier in args.include:  # columns measured before, with their own settings (kept in "config")
+        results.update({k: v for k, v in json.loads(Path(earlier).read_text()).items() if isinstance(v, dict)})
     labels: List[str] = []
     for name, folder in adapters.items():
         nlp = spacy.blank("en")
@@ -126,7 +133,8 @@ def main() -> None:
         docs = list(nlp.pipe([gold_copy(g) for g in golds], batch_size=32))
         scores = metrics([Example(d, g) for d, g in zip(docs, golds)])
         results[name] = {**analyse(docs, golds, labels), "f1_string": 100 * scores["f1_string"],
-                         "f1_span": 100 * scores["f1_span"], "adapter": folder, "docs": len(golds)}
+                         "f1_span": 100 * scores["f1_span"], "adapter": folder, "docs": len(golds),
+                         "config": json.loads(args.config)}
         print(f"[{name}] string F1 {results[name]['f1_string']:.2f} on {len(golds)} docs", file=sys.stderr)
     table = markdown(results, labels)
     print(table)
