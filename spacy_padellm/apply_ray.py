@@ -48,14 +48,38 @@ def _init_ray(ray: Any, opts: "Options") -> bool:
     return True
 
 
-def _read(ray: Any, opts: "Options", kind: str, pending: List[InputFile], todo: int) -> Any:
-    """The pending input files as a Dataset (the input columns as the files hold them)."""
+def _pool_size(actors: Any) -> int:
+    """The most actors of `--actors` (n, or (min, max))."""
+    return actors if isinstance(actors, int) else actors[1]
+
+
+TASKS_PER_ACTOR = 4  # a small job still gives every actor this many tasks, so none waits for the last
+
+
+def task_rows(todo: int, batch_size: int, actors: int) -> int:
+    """Documents per Ray task (and per `nlp.pipe` batch): `batch_size`, or fewer for a small job on
+    several actors.
+
+    Tasks are whole blocks of rows, and 7 tasks of ~29 rows on 2 actors leave one actor idle for the
+    last one (200 documents: 114 against 86). A job of fewer than TASKS_PER_ACTOR batches per actor is cut
+    into that many tasks per actor instead, so the split is even; a smaller batch costs no speed on CPUs
+    (one document alone decodes about as fast per document as 32 together, BENCHMARKS.md). One actor, or
+    a job large enough, keeps `batch_size`, and with it the local backend's batches (and forward passes)."""
+    tasks = TASKS_PER_ACTOR * actors
+    if actors <= 1 or -(-todo // batch_size) >= tasks:
+        return batch_size
+    return max(1, todo // tasks)
+
+
+def _read(ray: Any, opts: "Options", kind: str, pending: List[InputFile], todo: int, rows: int) -> Any:
+    """The pending input files as a Dataset (the input columns as the files hold them), in blocks of
+    about `rows` rows."""
     paths = [str(f.path) for f in pending]
     # One block per batch: Ray Data gives an actor one block per task and sends a task's output back when
     # the task ends, so a block of one batch is annotated, returned and written (one shard) on its own,
     # and spreads over the actors. Ray reads a file in one task and splits it into these blocks, so more
     # blocks cost no more read tasks (nor worker processes).
-    blocks = max(1, min(10_000, -(-todo // opts.batch_size)))
+    blocks = max(1, min(10_000, -(-todo // rows)))
     # num_cpus=0: parsing JSONL or Parquet costs microseconds a row against the model's tenths of a
     # second, and a read that asks for CPUs can wait forever when the actors hold them all (the pool is
     # created first): `ray start --head --num-cpus 2` with --cpus-per-actor 2 hung at "2.25/2 CPU".
@@ -76,12 +100,13 @@ def _dataset(ray: Any, opts: "Options", kind: str, pending: List[InputFile], wri
     """The lazy Dataset of annotated batches: read, drop the ids already written, annotate."""
     from .distributed import annotate_dataset, drop_ids
 
-    ds = _read(ray, opts, kind, pending, todo)
+    rows = task_rows(todo, opts.batch_size, _pool_size(opts.actors))
+    ds = _read(ray, opts, kind, pending, todo, rows)
     if writer.done:
         ds = ds.map_batches(partial(drop_ids, id_column=opts.id_key, done=frozenset(writer.done)),
                             batch_format="pyarrow", batch_size=None, num_cpus=0)  # 0 CPUs, as the read
     return annotate_dataset(ds, opts.pipeline, text_column=opts.text_key, id_column=opts.id_key,
-                            batch_size=opts.batch_size, actors=opts.actors, cpus_per_actor=opts.cpus_per_actor,
+                            batch_size=rows, actors=opts.actors, cpus_per_actor=opts.cpus_per_actor,
                             gpus_per_actor=opts.gpus_per_actor, keep_columns=opts.keep_columns,
                             with_docs=with_docs)
 
@@ -114,7 +139,8 @@ def run_ray(opts: "Options", kind: str, pending: List[InputFile], writer: ShardW
             raise PaDeLLMError(ApplyErrors.A011.format(count="", limit=opts.max_errored_blocks,
                                                        err=f"{type(err).__name__}: {str(err)[:2000]}")) from err
         missing = todo - writer.written_now
-        return max(0, -(-missing // opts.batch_size)) if missing else 0  # blocks dropped by Ray (estimate)
+        rows = task_rows(todo, opts.batch_size, _pool_size(opts.actors))
+        return max(0, -(-missing // rows)) if missing else 0  # blocks dropped by Ray (estimate)
     finally:
         if started:
             t = time.perf_counter()

@@ -316,3 +316,16 @@ def test_real_model_ray_equals_nlp_pipe(tmp_path, ray_env):
     assert summary.documents == 3
     got = by_id(read_out(tmp_path / "out"))
     same({k: {**v, "error": None} for k, v in expected.items()}, got)
+
+
+def test_small_jobs_are_cut_evenly_over_several_actors():
+    """Ray tasks are whole batches: a job of few batches on several actors gets smaller batches, so no actor
+    idles while another does the last one; one actor or a large job keeps --batch-size (and so the local
+    backend's batches)."""
+    from spacy_padellm.apply_ray import TASKS_PER_ACTOR, task_rows
+
+    assert task_rows(200, 32, 2) == 25  # 8 tasks of 25, not 7 of ~29 (4 against 3 on two actors)
+    assert -(-200 // task_rows(200, 32, 2)) == TASKS_PER_ACTOR * 2
+    assert task_rows(200, 32, 1) == 32 and task_rows(3, 8, 1) == 8
+    assert task_rows(1_000_000, 32, 8) == 32 and task_rows(34, 4, 2) == 4
+    assert task_rows(5, 32, 2) == 1  # fewer documents than tasks: one each
