@@ -146,8 +146,9 @@ def main() -> None:
               f"counts {h['repeat_rule']['count_exact']:.1f}%; chosen on A ({best_a}): F1 {h['grid'][best_a]['f1']:.2f} "
               f"counts {h['grid'][best_a]['count_exact']:.1f}% (+{h['grid'][best_a]['added']} strings)")
     if args.out:
+        rows = [{k: v for k, v in c.items() if k != "text"} for c in cands]  # no dev text in the results
         Path(args.out).write_text(json.dumps({"command": "python " + " ".join(sys.argv), **result,
-                                              "candidate_rows": cands}, indent=1))
+                                              "candidate_rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
