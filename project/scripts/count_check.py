@@ -13,7 +13,6 @@ String F1 (the paper's metric) and count exact-match before and after, per half 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -107,24 +106,12 @@ def accepted(cands: List[Dict[str, Any]], docs: Sequence[Any], golds: Sequence[A
 
 
 def main() -> None:
-    import spacy
+    sys.path.insert(0, str(Path(__file__).parent))
+    from count_probe import sample_and_pipe
 
     from spacy_padellm.evaluation import gold_copy
-    from spacy_padellm.training.readers import read_any
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data")
-    parser.add_argument("--adapter", default="default")
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--stride", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    golds = [d for d in read_any(args.data, spacy.blank("en").vocab) if d.text.strip()][:: args.stride]
-    nlp = spacy.blank("en")
-    pipe = nlp.add_pipe("padellm_ner", config={"model": args.model, "adapter": args.adapter,
-                                               "threads": args.threads})
+    args, golds, nlp, pipe = sample_and_pipe(__doc__.split("\n\n")[0])
     docs = list(nlp.pipe([gold_copy(g) for g in golds], batch_size=32))
     cands = candidates(pipe, golds, docs, min(RATIOS))
     labels = list(pipe.labels)

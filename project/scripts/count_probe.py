@@ -16,7 +16,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 BINS = (0.5, 0.7, 0.9, 0.97, 0.99, 1.01)
 
@@ -69,12 +69,14 @@ def summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             "bins": {k: dict(v) for k, v in bins.items()}}
 
 
-def main() -> None:
+def sample_and_pipe(description: str) -> Tuple[argparse.Namespace, List[Any], Any, Any]:
+    """(args, every STRIDE-th non-empty dev document, nlp, its padellm_ner pipe) from the command line
+    these experiments share: DATA --adapter --model --stride --threads --out."""
     import spacy
 
     from spacy_padellm.training.readers import read_any
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("data")
     parser.add_argument("--adapter", default="default")
     parser.add_argument("--model", default="smollm2-135m")
@@ -82,11 +84,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    vocab = spacy.blank("en").vocab
-    golds = [d for d in read_any(args.data, vocab) if d.text.strip()][:: args.stride]
+    golds = [d for d in read_any(args.data, spacy.blank("en").vocab) if d.text.strip()][:: args.stride]
     nlp = spacy.blank("en")
     pipe = nlp.add_pipe("padellm_ner", config={"model": args.model, "adapter": args.adapter,
                                                "threads": args.threads})
+    return args, golds, nlp, pipe
+
+
+def main() -> None:
+    args, golds, _, pipe = sample_and_pipe(__doc__.split("\n\n")[0])
     rows = probe(pipe, golds)
     result = summary(rows)
     print(f"{len(golds)} docs, {result['pairs']} (doc, label) pairs: greedy count exact {100 * result['exact']:.1f}%, "
@@ -94,9 +100,10 @@ def main() -> None:
     for name, b in result["bins"].items():
         if b.get("n"):
             print(f"  p(greedy) {name}: {b['n']:5d} pairs, exact {100 * b['exact'] / b['n']:5.1f}%")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"command": "python " + " ".join(sys.argv), **result,
-                                              "rows": rows}, indent=0))
+    if args.out:  # the summary indented, then one line per (doc, label)
+        head = json.dumps({"command": "python " + " ".join(sys.argv), **result}, indent=1)[:-2]
+        body = ",\n".join(json.dumps(r) for r in rows)
+        Path(args.out).write_text(f'{head},\n "rows": [\n{body}\n ]\n}}\n')
 
 
 if __name__ == "__main__":
