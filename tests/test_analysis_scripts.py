@@ -1,0 +1,66 @@
+"""The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check) on
+hand-made predictions: the tables in docs/accuracy.md are only as right as these counts."""
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import Doc, Span
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "project" / "scripts"))  # after everything installed
+
+import count_check  # noqa: E402
+import count_probe  # noqa: E402
+import error_analysis  # noqa: E402
+
+LABELS = ["LOC", "PER"]
+
+
+def gold_and_pred(counts, mentions):
+    """'Ada met Bob in Paris and Paris .' with gold PER Ada, PER Bob, LOC Paris twice, and a prediction
+    carrying the component's user_data."""
+    vocab = spacy.blank("en").vocab
+    words = ["Ada", "met", "Bob", "in", "Paris", "and", "Paris", "."]
+    gold = Doc(vocab, words=words)
+    gold.ents = [Span(gold, 0, 1, "PER"), Span(gold, 2, 3, "PER"), Span(gold, 4, 5, "LOC"), Span(gold, 6, 7, "LOC")]
+    pred = Doc(vocab, words=words)
+    pred.user_data["padellm"] = {"counts": counts, "mentions": mentions}
+    return gold, pred
+
+
+def test_error_analysis_names_the_causes():
+    gold, pred = gold_and_pred({"PER": 1, "LOC": 2}, [("PER", "Ada", -0.1), ("LOC", "Paris", -0.1),
+                                                      ("LOC", "Bob", -0.5)])
+    out = error_analysis.analyse([pred], [gold], LABELS)
+    assert out["counts"]["PER"] == {"pairs": 1, "low": 1, "zero_for_some": 0}
+    assert out["counts"]["LOC"] == {"pairs": 1, "exact": 1, "zero_for_some": 0}
+    assert out["causes"]["PER"] == {"missed_count": 1, "right": 1}  # Bob: PER's count was too low
+    assert out["causes"]["LOC"] == {"wrong_label": 1, "right": 1}  # Bob is gold under PER
+    assert out["slots"] == {1: {"n": 1, "right": 1}, 2: {"n": 1, "right": 0}}  # LOC slot 2 held Bob
+
+
+def test_count_probe_summary():
+    rows = [{"gold": 1, "greedy": 1, "p_greedy": 0.995, "p_digits": [0.005, 0.995] + [0.0] * 8},
+            {"gold": 2, "greedy": 1, "p_greedy": 0.6, "p_digits": [0.1, 0.6, 0.3] + [0.0] * 7},
+            {"gold": 0, "greedy": 1, "p_greedy": 0.8, "p_digits": [0.05, 0.8, 0.15] + [0.0] * 7}]
+    s = count_probe.summary(rows)
+    assert (s["pairs"], s["wrong"], s["gold_is_second_choice"]) == (3, 2, 1)  # 2 is second; 0 is third
+    assert s["bins"]["0.99-1.00"] == {"n": 1, "exact": 1} and s["bins"]["0.50-0.70"] == {"n": 1, "exact": 0}
+
+
+def test_count_check_keeps_only_new_strings_of_the_text():
+    gold, pred = gold_and_pred({"PER": 1, "LOC": 2}, [("PER", "Ada", -0.1), ("LOC", "Paris", -0.1),
+                                                      ("LOC", "Paris", -0.2)])
+    cands = [{"doc": 0, "label": "PER", "ratio": 0.5, "text": "Bob", "mean_logprob": -0.05},
+             {"doc": 0, "label": "LOC", "ratio": 0.5, "text": "Paris", "mean_logprob": -0.05},  # not new
+             {"doc": 0, "label": "LOC", "ratio": 0.5, "text": "Rome", "mean_logprob": -0.05}]  # not in the text
+    keep = count_check.accepted(cands, [pred], [gold], ratio=0.1, tau=-0.1)
+    assert keep == {(0, "PER"): "Bob"}
+    assert count_check.accepted(cands, [pred], [gold], ratio=0.6, tau=-0.1) == {}  # p(c+1) too unlikely
+    assert count_check.accepted(cands, [pred], [gold], ratio=0.1, tau=-0.01) == {}  # not sure enough
+    before = count_check.score([gold], [pred], LABELS, [0], {}, False)
+    after = count_check.score([gold], [pred], LABELS, [0], keep, False)
+    assert (before["count_exact"], after["count_exact"]) == (50.0, 100.0)
+    assert (before["r"], after["r"]) == (pytest.approx(200 / 3), pytest.approx(100.0))
+    # the repeated last LOC slot counts one less (here wrongly: CoNLL counts Paris twice)
+    assert count_check.score([gold], [pred], LABELS, [0], keep, True)["count_exact"] == 50.0
