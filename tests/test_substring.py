@@ -37,6 +37,35 @@ def test_word_bounds_are_byte_offsets():
     assert data.index(b"'s") in starts  # punctuation starts a word of its own
 
 
+def test_unspaced_scripts_bound_at_every_character():
+    """Chinese has no spaces: every character may start or end a mention (else only prefixes of the whole
+    text could be mentions); a Latin word inside it keeps its own bounds."""
+    text = "张三在北京的Apple公司工作"
+    starts, ends = word_bounds(text)
+    offsets = [len(text[:i].encode("utf8")) for i in range(len(text) + 1)]
+    apple = text.index("Apple")
+    assert starts == [offsets[i] for i in range(len(text)) if not apple < i < apple + 5]
+    assert ends == {offsets[i] for i in range(1, len(text) + 1) if not apple < i < apple + 5}
+    data = text.encode("utf8")
+    for mention in ("张三", "北京", "Apple", "Apple公司"):  # reachable: starts at a start, ends at an end
+        s = data.index(mention.encode("utf8"))
+        assert s in starts and s + len(mention.encode("utf8")) in ends
+    assert offsets[apple + 2] not in starts  # "ple" stays inside "Apple"
+
+
+def test_chinese_mentions_come_from_anywhere_in_the_text(tokenizer, tmp_path):
+    """The zh template with mentions from the text (the default): every mention is a piece of its text, and
+    not only a prefix of it (a text without spaces was once a single word)."""
+    from helpers import build_tiny
+
+    model, tok = load(build_tiny("llama", tokenizer, tmp_path / "m", seed=0))
+    texts = ["张三在北京的Apple公司工作。", "李四和王五去了上海。", "中国银行在香港开了分行。"]
+    preds = Decoder(model, tok, get_template("zh"), max_new_tokens=4).predict(texts, LABELS, [3] * len(texts))
+    mentions = [(m.text, t) for p, t in zip(preds, texts) for m in p.mentions]
+    assert mentions and all(text and text in t for text, t in mentions)
+    assert any(not t.startswith(text) for text, t in mentions)
+
+
 def test_constraint_stops_only_at_word_ends(tokenizer):
     constraint = SubstringConstraint(TokenBytes(tokenizer), ODD[1])
     tokens, eos = constraint.allowed()

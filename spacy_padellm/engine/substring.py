@@ -84,6 +84,19 @@ class TokenBytes:
             into.update(node.get(-1, ()))
 
 
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): every character
+# boundary may start or end a mention there, or a Chinese text (MSRA) would be one "word" and its mentions
+# could only be its prefixes.
+UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3000, 0x30FF),
+            (0x3100, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
+            (0x20000, 0x3134F))
+
+
+def joins(ch: str) -> bool:
+    """Whether `ch` continues a word with a neighbouring word character (letters and digits of spaced scripts)."""
+    return ch.isalnum() and not any(low <= ord(ch) <= high for low, high in UNSPACED)
+
+
 def word_bounds(text: str) -> Tuple[List[int], set]:
     """Byte offsets where a mention may start (a non-space character that does not continue a word) and
     where it may end (after a non-space character, not inside a word)."""
@@ -92,7 +105,7 @@ def word_bounds(text: str) -> Tuple[List[int], set]:
         offsets.append(offsets[-1] + len(ch.encode("utf8")))
 
     def inside(i: int) -> bool:  # between two word characters
-        return 0 < i < len(text) and text[i - 1].isalnum() and text[i].isalnum()
+        return 0 < i < len(text) and joins(text[i - 1]) and joins(text[i])
 
     starts = [offsets[i] for i in range(len(text)) if not text[i].isspace() and not inside(i)]
     ends = {offsets[i] for i in range(1, len(text) + 1) if not text[i - 1].isspace() and not inside(i)}
