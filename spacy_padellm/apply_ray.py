@@ -48,11 +48,6 @@ def _init_ray(ray: Any, opts: "Options") -> bool:
     return True
 
 
-def _pool_size(actors: Any) -> int:
-    """The most actors of `--actors` (n, or (min, max))."""
-    return actors if isinstance(actors, int) else actors[1]
-
-
 TASKS_PER_ACTOR = 4  # a small job still gives every actor this many tasks, so none waits for the last
 
 
@@ -96,11 +91,10 @@ def _read(ray: Any, opts: "Options", kind: str, pending: List[InputFile], todo: 
 
 
 def _dataset(ray: Any, opts: "Options", kind: str, pending: List[InputFile], writer: ShardWriter,
-             with_docs: bool, todo: int) -> Any:
+             with_docs: bool, todo: int, rows: int) -> Any:
     """The lazy Dataset of annotated batches: read, drop the ids already written, annotate."""
     from .distributed import annotate_dataset, drop_ids
 
-    rows = task_rows(todo, opts.batch_size, _pool_size(opts.actors))
     ds = _read(ray, opts, kind, pending, todo, rows)
     if writer.done:
         ds = ds.map_batches(partial(drop_ids, id_column=opts.id_key, done=frozenset(writer.done)),
@@ -121,7 +115,10 @@ def run_ray(opts: "Options", kind: str, pending: List[InputFile], writer: ShardW
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.max_errored_blocks = opts.max_errored_blocks
-        ds = _dataset(ray, opts, kind, pending, writer, with_docs, todo)
+        from .distributed import _pool
+
+        rows = task_rows(todo, opts.batch_size, _pool(opts.actors)[1])  # documents per task and batch
+        ds = _dataset(ray, opts, kind, pending, writer, with_docs, todo, rows)
         try:
             # prefetch_batches=0: with the default 1, iter_batches waits for block k+1 before it yields
             # block k (ray/data/_internal/block_batching/iter_batches.py, prefetch_batches_locally), so
@@ -139,7 +136,6 @@ def run_ray(opts: "Options", kind: str, pending: List[InputFile], writer: ShardW
             raise PaDeLLMError(ApplyErrors.A011.format(count="", limit=opts.max_errored_blocks,
                                                        err=f"{type(err).__name__}: {str(err)[:2000]}")) from err
         missing = todo - writer.written_now
-        rows = task_rows(todo, opts.batch_size, _pool_size(opts.actors))
         return max(0, -(-missing // rows)) if missing else 0  # blocks dropped by Ray (estimate)
     finally:
         if started:

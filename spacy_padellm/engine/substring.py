@@ -86,7 +86,7 @@ class TokenBytes:
 
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): every character
 # boundary may start or end a mention there, or a Chinese text (MSRA) would be one "word" and its mentions
-# could only be its prefixes.
+# could only be its prefixes. Sorted: a character below the first range needs no lookup.
 UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3000, 0x30FF),
             (0x3100, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
             (0x20000, 0x3134F))
@@ -94,7 +94,7 @@ UNSPACED = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FD
 
 def joins(ch: str) -> bool:
     """Whether `ch` continues a word with a neighbouring word character (letters and digits of spaced scripts)."""
-    return ch.isalnum() and not any(low <= ord(ch) <= high for low, high in UNSPACED)
+    return ch.isalnum() and (ord(ch) < UNSPACED[0][0] or not any(low <= ord(ch) <= high for low, high in UNSPACED))
 
 
 def word_bounds(text: str) -> Tuple[List[int], set]:
