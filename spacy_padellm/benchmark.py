@@ -62,7 +62,7 @@ def build_methods(names: Sequence[str], model: str, adapters: Dict[str, str], dt
             meter = None
             if name == "padellm_reference":  # the paper's procedure, through the same pipe (chunking, alignment)
                 pipe.set_engine(ReferencePaDeLLM(pipe.decoder.model, pipe.decoder.tokenizer, pipe.labels,
-                                                 pipe.template_name, pipe.cfg["max_new_tokens"], pipe.count_bias))
+                                                 pipe.template, pipe.cfg["max_new_tokens"], pipe.count_bias))
             else:
                 meter = pipe.decoder.meter  # per-stage timings
 

@@ -66,7 +66,7 @@ def _flag(value: str) -> bool:
 # without one, and so does build_parser.
 TRAIN_FLAG_TYPES: Dict[str, Callable[[str], Any]] = {
     "train": str, "dev": str, "output": str, "model": str, "labels": str, "template": str, "format": str,
-    "lang": str, "init_adapter": str,
+    "label_words": str, "lang": str, "init_adapter": str,
     "lora_r": int, "lora_alpha": int, "lora_dropout": float, "target_modules": str, "lora_first_layer": int,
     "lr": float, "warmup_steps": int, "min_lr_ratio": float, "weight_decay": float, "grad_clip": float,
     "count_weight": float, "marker_weight": float, "mention_weight": float, "eos_weight": float,
@@ -78,6 +78,7 @@ TRAIN_FLAG_TYPES: Dict[str, Callable[[str], Any]] = {
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .prompts import parse_label_words
     from .training.config import TrainConfig
     from .training.loop import train
 
@@ -85,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
               if f.name != "extra" and getattr(args, f.name, None) is not None}
     if isinstance(values.get("labels"), str):
         values["labels"] = [x.strip() for x in values["labels"].split(",") if x.strip()]
+    if isinstance(values.get("label_words"), str):
+        values["label_words"] = parse_label_words(values["label_words"])
     if isinstance(values.get("target_modules"), str) and "," in values["target_modules"]:
         values["target_modules"] = values["target_modules"].split(",")
     best = train(TrainConfig(**values))

@@ -22,7 +22,7 @@ from .chunking import chunk_doc, group, merge, span_getter_bounds, split_in_two
 from .engine.forking import guard_after_fork, in_forked_child, set_threads
 from .errors import Errors, PaDeLLMError, Warnings
 from .pipe_io import PipeStorage
-from .prompts import get_template, validate_labels
+from .prompts import Template, get_template, validate_label_words, validate_labels
 from .scoring import USER_DATA_KEY, score as score_examples
 from .settings import PIPE_SETTINGS, DecodeSettings, check_setting, decode_settings
 from .types import DocPrediction, Engine
@@ -32,13 +32,15 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "adapter": "default",  # peft LoRA folder ("default": the shipped one, for its base model; null: none)
     "labels": None,  # null: the adapter's labels
     "template": "en",  # "en" (paper, byte-exact) or "zh"
+    "label_words": None,  # null: the adapter's (label -> word in the prompt, e.g. {"PER": "person"}); else these
     "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
     **PIPE_SETTINGS,  # settings.py: the pipe's own settings ...
     **DecodeSettings().to_config(),  # ... and the decoding ones, with their one set of defaults
     "count_bias": None,  # None: the adapter's tuned value, else 0 (DecodeSettings.count_bias)
 }
 # the settings kept in PaDeLLMNER.cfg (the rest live in their own attributes)
-PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter", "labels", "template", "span_getter")}
+PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter", "labels", "template", "label_words",
+                                                                    "span_getter")}
 
 
 @Language.factory(
@@ -50,7 +52,7 @@ PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter",
                            "ents_count_exact": None, "ents_count_low": None, "ents_count_high": None},
 )
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
-                     template: str, batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
+                     template: str, label_words: Optional[Dict[str, str]], batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
                      spans_key: str, max_chunk_tokens: int, chunk_tokens: int, split_count: int,
                      all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
@@ -59,7 +61,7 @@ def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str
                      ) -> "PaDeLLMNER":
     settings = {k: v for k, v in locals().items() if k in PIPE_DEFAULTS and k != "model"}
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
-                      span_getter=span_getter, **settings)
+                      label_words=label_words, span_getter=span_getter, **settings)
 
 
 class PaDeLLMNER(PipeStorage, Pipe):
@@ -70,7 +72,8 @@ class PaDeLLMNER(PipeStorage, Pipe):
 
     def __init__(self, vocab: Any, name: str = "padellm_ner", *, model: str = "smollm2-135m",
                  adapter: Optional[str] = "default", labels: Optional[Sequence[str]] = None, template: str = "en",
-                 span_getter: Optional[Callable] = None, **settings: Any) -> None:
+                 label_words: Optional[Dict[str, str]] = None, span_getter: Optional[Callable] = None,
+                 **settings: Any) -> None:
         """`settings`: any of DEFAULT_CONFIG's engine settings (the rest take their defaults)."""
         from .engine.loading import resolve_adapter, resolve_model  # cheap: no torch
 
@@ -82,6 +85,9 @@ class PaDeLLMNER(PipeStorage, Pipe):
         self.name = name
         self.template_name = template
         get_template(template)
+        # None: the adapter's words (or none); a mapping: these, unless the adapter was trained with others
+        self._label_words: Optional[Dict[str, str]] = (validate_label_words(label_words)
+                                                       if label_words is not None else None)
         self.model_ref = resolve_model(model)
         self.cfg: Dict[str, Any] = {**PIPE_DEFAULTS, **settings, "model": model}
         for key, value in self.cfg.items():
@@ -121,12 +127,27 @@ class PaDeLLMNER(PipeStorage, Pipe):
             warnings.warn(Warnings.W001.format(adapter=self.adapter, trained=meta["template"],
                                                configured=self.template_name))
             self.template_name = meta["template"]
+        trained = meta.get("label_words") or {}
+        if trained and self._label_words is not None and self._label_words != trained:
+            warnings.warn(Warnings.W002.format(adapter=self.adapter, trained=trained, configured=self._label_words))
+        if trained or self._label_words is None:
+            self._label_words = dict(trained)
         if self._labels is None and (strict or self.adapter is None):
             raise PaDeLLMError(Errors.E005)
 
     @property
     def labels(self) -> tuple:
         return tuple(self._labels or ())
+
+    @property
+    def label_words(self) -> Dict[str, str]:
+        """label -> the word its prompts write (a label absent here is written as itself)."""
+        return dict(self._label_words or {})
+
+    @property
+    def template(self) -> Template:
+        """The prompt template, with the label words the adapter was trained on."""
+        return get_template(self.template_name, self.label_words)
 
     @property
     def spans_key(self) -> str:
@@ -172,8 +193,7 @@ class PaDeLLMNER(PipeStorage, Pipe):
             model, tokenizer = load_base(self.model_ref, torch.float32 if self.adapter else dtype, device)
             if self.adapter is not None:
                 model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
-            self._decoder = Decoder(model, tokenizer, get_template(self.template_name),
-                                    settings=self.decode_settings)
+            self._decoder = Decoder(model, tokenizer, self.template, settings=self.decode_settings)
         return self._decoder
 
     @property

@@ -26,6 +26,8 @@ class PaDeLLMError(ValueError):
 
 class Warnings(metaclass=ErrorsWithCodes):
     W001 = "The adapter {adapter!r} was trained with template {trained!r}; using it instead of {configured!r}."
+    W002 = ("The adapter {adapter!r} was trained with label words {trained!r}; using them instead of "
+            "{configured!r}.")
 
 
 class Errors(metaclass=ErrorsWithCodes):
@@ -68,3 +70,7 @@ class Errors(metaclass=ErrorsWithCodes):
             "device 'auto' or 'cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU.")
     E020 = ("{path!r} is not a GGUF file: it does not start with the GGUF magic bytes (it starts with "
             "{head!r}). Check the 'model' setting, or re-download the file.")
+    E021 = ("Label words {words!r} are unusable: {why}. They map a label to the word the prompt writes for it, "
+            "e.g. {{\"PER\": \"person\"}} (on the command line: --label-words PER=person,ORG=organisation).")
+    E022 = ("--label-words apply to the PaDeLLM format only; the {format!r} baseline writes its labels "
+            "as they are.")

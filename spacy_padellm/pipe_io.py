@@ -28,7 +28,7 @@ class PipeStorage:
 
     def _state(self) -> Dict[str, Any]:
         return dict(cfg=self.cfg, labels=self._labels, template=self.template_name,
-                    has_adapter=self.adapter is not None)
+                    label_words=self._label_words, has_adapter=self.adapter is not None)
 
     def _load_state(self, state: Dict[str, Any], adapter: Optional[str]) -> None:
         from .engine.loading import resolve_model
@@ -37,6 +37,7 @@ class PipeStorage:
         self.model_ref = resolve_model(self.cfg["model"])
         self._labels = state["labels"]
         self.template_name = state["template"]
+        self._label_words = state.get("label_words")  # absent in pipelines saved before label words
         self.adapter = adapter
         self._decoder = None
 

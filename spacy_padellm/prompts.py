@@ -6,8 +6,8 @@ split by position afterwards: tokenizing the pieces apart can change the ids at 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import Errors, PaDeLLMError
 
@@ -21,6 +21,18 @@ class Template:
     label_header: str  # between the text and the label
     count_marker: str  # after the label: the model writes the count next
     mention_marker: str  # format string with {k}: the model writes the k-th mention next
+    # How a label is written in the prompt, where it is not the label itself: ("PER", "person"), ... The
+    # label in doc.ents stays the label; only the model reads the word. An adapter trained with words keeps
+    # them in its padellm.json, so inference writes the prompts it was trained on.
+    label_words: Tuple[Tuple[str, str], ...] = ()
+
+    def word(self, label: str) -> str:
+        """The label as the prompt writes it."""
+        return dict(self.label_words).get(label, label)
+
+    def with_label_words(self, words: Optional[Mapping[str, str]]) -> "Template":
+        """This template with `words` (label -> word in the prompt); None or {} keeps the labels."""
+        return replace(self, label_words=tuple(sorted(validate_label_words(words).items())))
 
     def doc_prefix(self, text: str) -> str:
         """The part of every prompt that depends on the document only (shared by all labels)."""
@@ -28,7 +40,7 @@ class Template:
 
     def prompt(self, text: str, label: str) -> str:
         """The step-1 prompt: after it the model writes the mention count of `label`."""
-        return f"{self.doc_prefix(text)}{label}{self.count_marker}"
+        return f"{self.doc_prefix(text)}{self.word(label)}{self.count_marker}"
 
     def mention_prompt(self, text: str, label: str, count: int, k: int) -> str:
         """The step-2 prompt: after it the model writes the k-th (1-based) mention of `label`."""
@@ -50,10 +62,40 @@ TEMPLATES: Dict[str, Template] = {
 }
 
 
-def get_template(name: str) -> Template:
+def get_template(name: str, label_words: Optional[Mapping[str, str]] = None) -> Template:
+    """The template called `name`, writing labels as `label_words` says (absent labels: as themselves)."""
     if name not in TEMPLATES:
         raise PaDeLLMError(Errors.E006.format(name=name, known=sorted(TEMPLATES)))
-    return TEMPLATES[name]
+    return TEMPLATES[name].with_label_words(label_words) if label_words else TEMPLATES[name]
+
+
+def parse_label_words(value: str) -> Dict[str, str]:
+    """`PER=person,ORG=organisation` (the CLI's form) -> {"PER": "person", "ORG": "organisation"}."""
+    words: Dict[str, str] = {}
+    for item in (x.strip() for x in value.split(",")):
+        if not item:
+            continue
+        label, eq, word = item.partition("=")
+        if not eq:
+            raise PaDeLLMError(Errors.E021.format(words=value, why=f"{item!r} has no '='; write LABEL=word"))
+        words[label.strip()] = word.strip()
+    return validate_label_words(words)
+
+
+def validate_label_words(words: Any) -> Dict[str, str]:
+    """Words become part of the prompt like labels: plain one-line strings, and no two labels alike (the
+    model could not tell them apart)."""
+    if not words:
+        return {}
+    if not isinstance(words, Mapping):
+        raise PaDeLLMError(Errors.E021.format(words=words, why="expected a mapping of label -> word"))
+    for label, word in words.items():
+        if not all(isinstance(x, str) and x.strip() and "\n" not in x for x in (label, word)):
+            raise PaDeLLMError(Errors.E021.format(words=words, why=f"{label!r} -> {word!r} is not two one-line "
+                                                  "strings"))
+    if len(set(words.values())) != len(words):
+        raise PaDeLLMError(Errors.E021.format(words=words, why="two labels share a word"))
+    return dict(words)
 
 
 def special_prefix(tokenizer: Any) -> List[int]:

@@ -4,7 +4,7 @@ carrying (and re-encoding) its full prompt; no cache is shared between sequences
 (types.py): `pipe.set_engine(ReferencePaDeLLM(...))` runs it inside the component."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from transformers import LogitsProcessorList
@@ -12,16 +12,16 @@ from transformers import LogitsProcessorList
 from ..engine.counts import MAX_COUNT_DIGITS, CountVocabulary
 from ..engine.precision import inference_precision, new_cache
 from ..engine.runner import Runner
-from ..prompts import get_template
+from ..prompts import Template, get_template
 from ..types import DocPrediction, DocStats, MentionPrediction, output_sequences
 
 
 class ReferencePaDeLLM:
-    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], template: str = "en",
+    def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str], template: Union[str, Template] = "en",
                  max_new_tokens: int = 32, count_bias: float = 0.0) -> None:
         self.labels = list(labels)
         self.runner = Runner(model, tokenizer)
-        self.template = get_template(template)
+        self.template = get_template(template) if isinstance(template, str) else template
         self.counts = CountVocabulary(self.runner, self.template)
         self.max_new_tokens, self.count_bias = max_new_tokens, float(count_bias)
         self.model = model

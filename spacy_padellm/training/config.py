@@ -24,6 +24,9 @@ class TrainConfig:
     model: str = opt("smollm2-135m", "base model: a packaged name, a Hugging Face folder or a .gguf file")
     labels: Optional[List[str]] = opt(None, "comma-separated labels (default: every label in the training data)")
     template: str = opt("en", "prompt template: en (the paper's) or zh")
+    # The paper writes the label itself ("PER"); a word ("person") may tell the model more (issue 14).
+    label_words: Dict[str, str] = opt({}, "how the prompt writes each label, e.g. PER=person,ORG=organisation "
+                                          "(default: the labels themselves); kept with the adapter")
     format: str = opt("padellm", "target format: padellm, or a baseline: autoreg_struct, autoreg_aug")
     lang: str = opt("en", "spaCy language of the tokenizer used for alignment in dev evaluation")
     # A warm start: LoRA weights only; the optimizer and schedule start fresh. Same LoRA shape required.

@@ -11,11 +11,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..prompts import get_template, special_prefix
+from ..errors import Errors, PaDeLLMError
+from ..prompts import Template, get_template, special_prefix
 from .checkpoints import atomic_dir_write, log, recover_dir, resumed_total, save_adapter, truncate_log, warm_start
 from .config import TrainConfig
 from .examples import Example, doc_examples, encode_example, part_weights
@@ -27,14 +28,14 @@ BEST = "best"
 LOG = "train_log.jsonl"
 
 
-def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template_name: str,
+def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template: Union[str, Template],
                 row_tokens: int, fmt: str = "padellm", weights: Optional[Sequence[float]] = None
                 ) -> List[PackedTree]:
     """One trie per document: PaDeLLM's label/mention branches, or a baseline's single sequence.
     `weights`: the loss weight per target part (examples.PART_NAMES order); None: all 1."""
     from ..baselines.formats import FORMATS
 
-    template = get_template(template_name)
+    template = get_template(template) if isinstance(template, str) else template
     bos = special_prefix(tokenizer)
     trees = []
     for doc in docs:
@@ -104,9 +105,16 @@ def start(cfg: TrainConfig) -> Run:
     train_docs = read_any(cfg.train, nlp.vocab)
     dev_docs = read_any(cfg.dev, nlp.vocab) if cfg.dev else []
     labels = cfg.labels or sorted({e.label_ for d in train_docs for e in d.ents})
+    if cfg.label_words and cfg.format != "padellm":
+        raise PaDeLLMError(Errors.E022.format(format=cfg.format))
+    template = get_template(cfg.template, cfg.label_words)
+    written = [template.word(label) for label in labels]
+    if len(set(written)) != len(written):  # e.g. PER=ORG beside ORG: two labels, one prompt
+        raise PaDeLLMError(Errors.E021.format(words=cfg.label_words, why=f"labels {labels} would be written "
+                                              f"{written}, two of them alike"))
     model, tokenizer = load_base(resolve_model(cfg.model), torch.float32, "cpu")
     t0 = time.time()
-    trees = build_trees(train_docs, labels, tokenizer, cfg.template, cfg.row_tokens, cfg.format,
+    trees = build_trees(train_docs, labels, tokenizer, template, cfg.row_tokens, cfg.format,
                         part_weights(cfg))
     print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
 
@@ -114,8 +122,8 @@ def start(cfg: TrainConfig) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(epoch_steps(trees, cfg, 0))
-    meta = {"labels": labels, "template": cfg.template, "format": cfg.format, "base_model": cfg.model,
-            "config": cfg.to_dict()}
+    meta = {"labels": labels, "template": cfg.template, "label_words": dict(template.label_words),
+            "format": cfg.format, "base_model": cfg.model, "config": cfg.to_dict()}
     run = Run(cfg, out, model, tokenizer, optimizer, params, trees, dev_docs, labels, nlp, use_bf16,
               steps_per_epoch, cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs)), meta)
     if (out / CHECKPOINT / "state.pt").is_file():
@@ -166,7 +174,8 @@ def evaluate(run: Run, docs: Sequence[Any]) -> Dict[str, Any]:
 
             return evaluate_autoreg(model.get_base_model(), run.tokenizer, run.labels, cfg.format, docs,
                                     batch_size=cfg.eval_batch_size, bf16=run.use_bf16)
-        return evaluate_model(model.get_base_model(), run.tokenizer, run.labels, cfg.template, docs, run.nlp,
+        return evaluate_model(model.get_base_model(), run.tokenizer, run.labels,
+                              get_template(cfg.template, cfg.label_words), docs, run.nlp,
                               batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, bf16=run.use_bf16)
     finally:
         model.train()
