@@ -1,4 +1,5 @@
-"""The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check) on
+"""The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check,
+count_calibration) on
 hand-made predictions: the tables in docs/accuracy.md are only as right as these counts."""
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from spacy.tokens import Doc, Span
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "project" / "scripts"))  # after everything installed
 
+import count_calibration  # noqa: E402
 import count_check  # noqa: E402
 import count_probe  # noqa: E402
 import error_analysis  # noqa: E402
@@ -37,6 +39,21 @@ def test_error_analysis_names_the_causes():
     assert out["causes"]["PER"] == {"missed_count": 1, "right": 1}  # Bob: PER's count was too low
     assert out["causes"]["LOC"] == {"wrong_label": 1, "right": 1}  # Bob is gold under PER
     assert out["slots"] == {1: {"n": 1, "right": 1}, 2: {"n": 1, "right": 0}}  # LOC slot 2 held Bob
+
+
+def test_count_calibration_tunes_on_one_half_and_reports_the_other():
+    def row(label, gold, p0, p1):
+        return {"label": label, "gold": gold, "p_digits": [p0, p1] + [(1 - p0 - p1) / 8] * 8}
+
+    # PER says 0 at 0.55 where the truth is 1, in both halves; LOC is right without an offset
+    rows = [row("LOC", 0, 0.9, 0.1), row("PER", 1, 0.55, 0.45)] * 4
+    assert count_calibration.calibrated(rows[1], {}) == 0
+    assert count_calibration.calibrated(rows[1], {"PER": (-0.5, 0.0)}) == 1
+    out = count_calibration.report(rows)
+    assert out["greedy"] == {"A": 0.5, "B": 0.5}
+    fit = out["offset_of_0"]
+    assert fit["tuned_on_A"]["LOC"] == (0.0, 0.0) and fit["tuned_on_A"]["PER"][0] < 0  # smallest offset that works
+    assert fit["B_held_out"] == 1.0 and fit["A_held_out"] == 1.0
 
 
 def test_count_probe_summary():

@@ -35,7 +35,7 @@ def probe(pipe: Any, golds: List[Any]) -> List[Dict[str, Any]]:
     vocab = CountVocabulary(runner, dec.template)
     digits = [vocab.digit_token[str(d)] for d in range(10)]
     rows = []
-    for gold in golds:
+    for index, gold in enumerate(golds):
         prompts = [encode(dec.tokenizer, dec.template.prompt(gold.text, lab)) for lab in pipe.labels]
         logits = full_sequence_logits(dec.model, prompts)
         masked = logits.masked_fill(~vocab.allowed[: logits.shape[1]], float("-inf"))
@@ -44,7 +44,7 @@ def probe(pipe: Any, golds: List[Any]) -> List[Dict[str, Any]]:
             top = int(p.argmax())
             greedy = vocab.value(top) if top in vocab.digit_ids else 0
             by_count = [float(p[t]) for t in digits]
-            rows.append({"label": lab, "gold": sum(e.label_ == lab for e in gold.ents), "greedy": greedy,
+            rows.append({"doc": index, "label": lab, "gold": sum(e.label_ == lab for e in gold.ents), "greedy": greedy,
                          "p_greedy": float(p[top]), "p_digits": by_count})
     return rows
 
