@@ -32,7 +32,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "adapter": "default",  # peft LoRA folder ("default": the shipped one, for its base model; null: none)
     "labels": None,  # null: the adapter's labels
     "template": "en",  # "en" (paper, byte-exact) or "zh"
-    "label_words": None,  # null: the adapter's (label -> word in the prompt, e.g. {"PER": "person"}); else these
+    "label_words": None,  # label -> word in the prompt, e.g. {"PER": "person"}; null: the adapter's
     "span_getter": None,  # optional registered span getter for chunking, e.g. spacy-transformers.sent_spans.v1
     **PIPE_SETTINGS,  # settings.py: the pipe's own settings ...
     **DecodeSettings().to_config(),  # ... and the decoding ones, with their one set of defaults
@@ -52,9 +52,9 @@ PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter",
                            "ents_count_exact": None, "ents_count_low": None, "ents_count_high": None},
 )
 def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str], labels: Optional[List[str]],
-                     template: str, label_words: Optional[Dict[str, str]], batch_size: int, max_new_tokens: int, dtype: str, device: str, dedup: bool,
-                     spans_key: str, max_chunk_tokens: int, chunk_tokens: int, split_count: int,
-                     all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
+                     template: str, label_words: Optional[Dict[str, str]], batch_size: int, max_new_tokens: int,
+                     dtype: str, device: str, dedup: bool, spans_key: str, max_chunk_tokens: int,
+                     chunk_tokens: int, split_count: int, all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
                      tree: bool, count_guesses: int, count_bias: Optional[float], small_batch: int,
                      mentions_from_text: bool, overwrite_ents: bool, threads: int, lean_forward: bool

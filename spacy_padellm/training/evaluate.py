@@ -13,9 +13,8 @@ from ..prompts import Template, get_template
 
 
 def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: Union[str, Template],
-                   gold_docs: Sequence[Any],
-                   nlp: Language, batch_size: int = 64, max_new_tokens: int = 24, bf16: bool = False
-                   ) -> Dict[str, Any]:
+                   gold_docs: Sequence[Any], nlp: Language, batch_size: int = 64, max_new_tokens: int = 24,
+                   bf16: bool = False) -> Dict[str, Any]:
     """evaluation.metrics of `model` (plugged into a padellm_ner pipe) over `gold_docs`."""
     template = get_template(template) if isinstance(template, str) else template
     pipeline = Language(nlp.vocab)
