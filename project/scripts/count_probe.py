@@ -44,8 +44,8 @@ def probe(pipe: Any, golds: List[Any]) -> List[Dict[str, Any]]:
             top = int(p.argmax())
             greedy = vocab.value(top) if top in vocab.digit_ids else 0
             by_count = [float(p[t]) for t in digits]
-            rows.append({"doc": index, "label": lab, "gold": sum(e.label_ == lab for e in gold.ents), "greedy": greedy,
-                         "p_greedy": float(p[top]), "p_digits": by_count})
+            rows.append({"doc": index, "label": lab, "gold": sum(e.label_ == lab for e in gold.ents),
+                         "greedy": greedy, "p_greedy": float(p[top]), "p_digits": by_count})
     return rows
 
 
