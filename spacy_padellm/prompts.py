@@ -69,6 +69,11 @@ def get_template(name: str, label_words: Optional[Mapping[str, str]] = None) -> 
     return TEMPLATES[name].with_label_words(label_words) if label_words else TEMPLATES[name]
 
 
+def as_template(template: "str | Template") -> Template:
+    """A Template given as itself or by name (callers that take either)."""
+    return get_template(template) if isinstance(template, str) else template
+
+
 def parse_label_words(value: str) -> Dict[str, str]:
     """`PER=person,ORG=organisation` (the CLI's form) -> {"PER": "person", "ORG": "organisation"}."""
     words: Dict[str, str] = {}

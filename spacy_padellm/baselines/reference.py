@@ -12,7 +12,7 @@ from transformers import LogitsProcessorList
 from ..engine.counts import MAX_COUNT_DIGITS, CountVocabulary
 from ..engine.precision import inference_precision, new_cache
 from ..engine.runner import Runner
-from ..prompts import Template, get_template
+from ..prompts import Template, as_template
 from ..types import DocPrediction, DocStats, MentionPrediction, output_sequences
 
 
@@ -21,7 +21,7 @@ class ReferencePaDeLLM:
                  max_new_tokens: int = 32, count_bias: float = 0.0) -> None:
         self.labels = list(labels)
         self.runner = Runner(model, tokenizer)
-        self.template = get_template(template) if isinstance(template, str) else template
+        self.template = as_template(template)
         self.counts = CountVocabulary(self.runner, self.template)
         self.max_new_tokens, self.count_bias = max_new_tokens, float(count_bias)
         self.model = model

@@ -9,14 +9,14 @@ from spacy.language import Language
 
 from ..engine.decoder import Decoder
 from ..evaluation import evaluate, pipeline_annotate
-from ..prompts import Template, get_template
+from ..prompts import Template, as_template
 
 
 def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: Union[str, Template],
                    gold_docs: Sequence[Any], nlp: Language, batch_size: int = 64, max_new_tokens: int = 24,
                    bf16: bool = False) -> Dict[str, Any]:
     """evaluation.metrics of `model` (plugged into a padellm_ner pipe) over `gold_docs`."""
-    template = get_template(template) if isinstance(template, str) else template
+    template = as_template(template)
     pipeline = Language(nlp.vocab)
     # adapter=None: the model being trained is plugged in below; the shipped adapter (the default) knows
     # only its own labels and would reject a user's new ones (E014)

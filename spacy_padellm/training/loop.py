@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import Errors, PaDeLLMError
-from ..prompts import Template, get_template, special_prefix
+from ..prompts import Template, as_template, get_template, special_prefix
 from .checkpoints import atomic_dir_write, log, recover_dir, resumed_total, save_adapter, truncate_log, warm_start
 from .config import TrainConfig
 from .examples import Example, doc_examples, encode_example, part_weights
@@ -35,7 +35,7 @@ def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, temp
     `weights`: the loss weight per target part (examples.PART_NAMES order); None: all 1."""
     from ..baselines.formats import FORMATS
 
-    template = get_template(template) if isinstance(template, str) else template
+    template = as_template(template)
     bos = special_prefix(tokenizer)
     trees = []
     for doc in docs:
