@@ -20,6 +20,7 @@ from .align import choose_entities
 from .annotations import keep_existing, place, record
 from .chunking import chunk_doc, group, merge, span_getter_bounds, split_in_two
 from .engine.forking import guard_after_fork, in_forked_child, set_threads
+from .engine.memory import trim_if_grown
 from .errors import Errors, PaDeLLMError, Warnings
 from .pipe_io import PipeStorage
 from .prompts import Template, get_template, validate_label_words, validate_labels
@@ -180,9 +181,9 @@ class PaDeLLMNER(PipeStorage, Pipe):
         if self._decoder is None:
             from .engine.decoder import Decoder
             from .engine.loading import apply_adapter, load_base, resolve_device, resolve_dtype
-            from .engine.memory import return_freed_memory
+            from .engine.memory import reuse_freed_memory
 
-            return_freed_memory()  # caches of ever-different sizes would fragment the heap (memory.py)
+            reuse_freed_memory()  # reuse freed caches instead of faulting their pages in again (memory.py)
 
             self._resolve_labels(strict=True)
             import torch
@@ -273,6 +274,7 @@ class PaDeLLMNER(PipeStorage, Pipe):
                         found[(i, s, e)] = pred
                 for i, n in shared.items():
                     passes[i] += n
+                trim_if_grown()  # give the heap's free pages back once it has grown (memory.py)
             todo = again
         chunks: List[List[Tuple[int, int, DocPrediction]]] = [[] for _ in docs]
         for (i, s, e) in sorted(found):

@@ -329,3 +329,29 @@ def test_small_jobs_are_cut_evenly_over_several_actors():
     assert task_rows(200, 32, 1) == 32 and task_rows(3, 8, 1) == 8
     assert task_rows(1_000_000, 32, 8) == 32 and task_rows(34, 4, 2) == 4
     assert task_rows(5, 32, 2) == 1  # fewer documents than tasks: one each
+
+
+def test_annotator_loads_and_decodes_on_one_thread(pipeline, monkeypatch):
+    """Ray Data builds the UDF on the actor's main thread and calls it on another; the weights' load and
+    every batch must still share one thread, or libgomp runs two OpenMP teams and its threads stop spinning
+    (docs/RAY.md, session 12)."""
+    import pyarrow as pa
+
+    import spacy_padellm.distributed as dist
+
+    seen = {}
+    load, annotate = dist.load_pipeline, dist.annotate_table
+    monkeypatch.setattr(dist, "load_pipeline", lambda *a, **k: (seen.setdefault("load", threading.get_ident()),
+                                                                 load(*a, **k))[1])
+    monkeypatch.setattr(dist, "annotate_table", lambda *a, **k: (seen.setdefault("call", threading.get_ident()),
+                                                                  annotate(*a, **k))[1])
+    annotator = dist.PipelineAnnotator(pipeline, threads=1, batch_size=4)
+    batch = pa.table({"id": ["a", "b"], "text": ["Ada Lovelace met Charles Babbage.", "Paris is big."]})
+    out = {}
+    caller = threading.Thread(target=lambda: out.setdefault("table", annotator(batch)))
+    caller.start()
+    caller.join()
+    assert out["table"].num_rows == 2 and out["table"].column("error").null_count == 2
+    assert seen["load"] == seen["call"]
+    assert seen["load"] not in (threading.main_thread().ident, caller.ident)
+
