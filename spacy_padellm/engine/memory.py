@@ -32,7 +32,7 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 GROWTH_BYTES = 512 << 20  # resident growth since the last trim that triggers the next one
 PAGE_BYTES = 4096
 
-_libc: Optional[Any] = None
+_libc: Any = None  # glibc, once looked up; False where it is not the allocator
 _floor: Optional[int] = None  # the resident size after the last trim (or at the first check)
 
 
@@ -40,12 +40,11 @@ def _glibc() -> Optional[Any]:
     global _libc
     if _libc is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            libc.mallopt, libc.malloc_trim  # noqa: B018 - AttributeError where glibc is not the allocator
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.mallopt, _libc.malloc_trim  # noqa: B018 - AttributeError where glibc is not the allocator
         except (OSError, AttributeError):
-            return None
-        _libc = libc
-    return _libc
+            _libc = False
+    return _libc or None
 
 
 def reuse_freed_memory() -> bool:
