@@ -354,4 +354,3 @@ def test_annotator_loads_and_decodes_on_one_thread(pipeline, monkeypatch):
     assert out["table"].num_rows == 2 and out["table"].column("error").null_count == 2
     assert seen["load"] == seen["call"]
     assert seen["load"] not in (threading.main_thread().ident, caller.ident)
-
