@@ -17,7 +17,6 @@ Policies:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -38,7 +37,9 @@ def _install(policy: str) -> Any:
     import spacy_padellm.component as component
     import spacy_padellm.engine.memory as memory
 
-    libc = ctypes.CDLL("libc.so.6")
+    libc = memory._glibc()
+    if libc is None:
+        raise SystemExit("glibc is not this process's allocator: there is no policy to compare")
     if policy == "shipped":
         return lambda: None
     if policy == "mmap1mb":
@@ -51,14 +52,10 @@ def _install(policy: str) -> Any:
     return (lambda: libc.malloc_trim(0)) if policy == "trim_every" else (lambda: None)
 
 
-def _resident_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
-
 def worker(policy: str, conll: str, n: int, batch_size: int, threads: int) -> Dict[str, Any]:
     import spacy
 
+    from spacy_padellm.engine.memory import resident_bytes
     from spacy_padellm.training.readers import read_conll
 
     after_batch = _install(policy)
@@ -76,7 +73,7 @@ def worker(policy: str, conll: str, n: int, batch_size: int, threads: int) -> Di
             "faults_per_doc": round((after.ru_minflt - before.ru_minflt) / len(texts)),
             "user_s": round(after.ru_utime - before.ru_utime, 1),
             "kernel_s": round(after.ru_stime - before.ru_stime, 1),
-            "rss_end_mb": round(_resident_mb()), "rss_peak_mb": round(after.ru_maxrss / 1024)}
+            "rss_end_mb": round((resident_bytes() or 0) / 2**20), "rss_peak_mb": round(after.ru_maxrss / 1024)}
 
 
 def main(argv: List[str] = sys.argv[1:]) -> int:
