@@ -11,7 +11,9 @@ the same order (so the output is bitwise the same; tests compare it), and cuts o
   dot product; the module weights become views into the fused ones, so no memory is added);
 - the float32 residual stream of engine/precision.py is written out (bf16 operands for the matmuls and
   attention, float32 for norms, rotary and adds) instead of autocast plus an embedding hook;
-- attention takes the grouped keys as they are (`enable_gqa`) and a mask built here, in one step.
+- attention takes the grouped keys as they are and a mask built here, in one step; in bf16 the query heads
+  of one key head run as one head with their queries side by side (`grouped`: the CPU kernel's cost is
+  per head; same numbers).
 
 Only plain Llama models take it (`lean_forward`): any other family, a LoRA model not merged, eager
 attention or scaled rotary embeddings keep transformers' forward.
