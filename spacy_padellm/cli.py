@@ -109,6 +109,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     nlp = spacy.blank(args.lang)
     pipe = nlp.add_pipe("padellm_ner", config=config)
     gold = read_any(args.data, nlp.vocab)[: args.limit or None]
+    if args.sample:
+        from .training.schedule import spread
+
+        gold = spread(gold, args.sample)
     scores = evaluate(pipeline_annotate(nlp, args.batch_size), gold, args.batch_size)
     print(f"{'label':<8} {'P':>6} {'R':>6} {'F':>6}")
     for label, prf in sorted((scores.get("per_type") or {}).items()):
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="gold data: CoNLL, .spacy, .jsonl or BMES")
     _add_model_flags(ev)
     ev.add_argument("--limit", type=int, default=0, help="first N documents only (default: 0, all)")
+    ev.add_argument("--sample", type=int, default=0,
+                    help="N documents spread over the data, as training selects checkpoints on (--eval-docs)")
     ev.add_argument("--batch-size", type=int, default=64, help="documents decoded together (default: 64)")
     ev.add_argument("--out", default=None, help="also write the scores as JSON here")
     ev.set_defaults(func=_evaluate)

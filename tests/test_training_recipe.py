@@ -70,6 +70,19 @@ def test_spread_sample_covers_dev_and_misses_every_kth():
     assert spread(docs[:5], 10) == docs[:5]
 
 
+def test_evaluate_sample_scores_the_selection_documents(tiny_llama, tiny_adapter, tmp_path):
+    """`evaluate --sample N` scores the documents training selects on, so a checkpoint's selection score can
+    be re-read with other settings (the same decoding on two arms)."""
+    from spacy_padellm.cli import main
+
+    data = tmp_path / "dev.conll"
+    data.write_text("".join(f"W{i} B-PER\n. O\n\n" for i in range(9)))
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--data", str(data), "--model", tiny_llama, "--adapter", tiny_adapter,
+                 "--sample", "3", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n_docs"] == 3
+
+
 def test_resumed_run_keeps_its_schedule_and_scores_all_dev(tmp_path, wide_tiny):
     dev = write_jsonl(tmp_path / "dev.jsonl", DOCS + [{"text": "Bob Smith ran .", "entities": [[0, 9, "PER"]]}])
     cfg = overfit_config(tmp_path, wide_tiny, dev=dev, max_steps=6, eval_every=3, eval_docs=2, checkpoint_every=2)
