@@ -24,7 +24,7 @@ def test_row_and_tree_passes_equal_transformers_bitwise(tiny_llama, dtype):
     model, tok = load(tiny_llama, dtype)
     lean = lean_forward(model)
     assert lean is not None
-    assert lean.grouped() == (dtype == torch.bfloat16)  # both attention calls are compared below
+    assert lean.grouped == (dtype == torch.bfloat16)  # both attention calls are compared below
     segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
     # a first pass of ragged rows (left padding), then a second pass on its cache
     plain, s_plain = extend(model, None, segs, 0)

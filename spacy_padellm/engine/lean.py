@@ -96,6 +96,13 @@ class LeanLlama:
         self.rope_scaling = base.rotary_emb.attention_scaling
         self.norm = base.norm.weight
         self.dtype = next(model.parameters()).dtype  # of the matmul operands and of the cache
+        # Attention runs the query heads of one key head as one head with `group * width` queries. The CPU
+        # flash kernel pays a fixed cost per (row, head): a one-token pass of 128 rows in bf16 took 9.83 ms
+        # with SmolLM2's 9 query heads and 2.66 ms as its 3 key heads with 3 queries each, 1.79x for 4-token
+        # passes (project/scripts/attention_micro.py, 2 threads). In bf16 every query's numbers stay the same
+        # bitwise (tests compare them with transformers' forward); in float32 they do not always, so float32
+        # keeps the per-head call.
+        self.grouped = self.heads != self.kv_heads and self.dtype == torch.bfloat16
         self.layers: List[_Layer] = []
         for layer in base.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -134,23 +141,13 @@ class LeanLlama:
             allowed = allowed | ((c == q)[None] & pad[:, :, None])
         return allowed[:, None]
 
-    def grouped(self) -> bool:
-        """Whether attention runs the query heads of one key head as one head with `group * width` queries.
-
-        The CPU flash kernel pays a fixed cost per (row, head): for a one-token pass of 128 rows in bf16 it
-        took 9.0 ms with 9 query heads and 2.3 ms with the 3 key heads of SmolLM2 carrying 3 queries each
-        (measured, 2 threads; 1.6x for 4-token passes). In bf16 each query's numbers are the same bitwise
-        (tests compare them with transformers' forward); in float32 they are not always (a 4e-7 difference
-        in one-token passes, others in the tests' shapes), so float32 keeps the per-head call."""
-        return self.heads != self.kv_heads and self.dtype == torch.bfloat16
-
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  past: Optional[Layers]) -> Tuple[torch.Tensor, Layers]:
         """`mask`: the row pass's 2D [rows, cached + width] mask, or a tree pass's additive 4D mask."""
         rows, width = ids.shape
         attn_mask = self.row_mask(mask, width) if mask.dim() == 2 else mask
         group = self.heads // self.kv_heads
-        grouped = self.grouped()
+        grouped = self.grouped
         if grouped and width > 1:  # query g * width + w of a key head sees what token w sees
             attn_mask = attn_mask.expand(rows, group, width, attn_mask.shape[-1]).reshape(rows, 1, group * width, -1)
         cos, sin = self._rotary(positions)
