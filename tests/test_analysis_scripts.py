@@ -1,5 +1,5 @@
 """The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check,
-count_calibration) on
+count_calibration) and the speed scripts (linear_orientation, int8_weight_micro) on
 hand-made predictions: the tables in docs/accuracy.md are only as right as these counts."""
 import sys
 from pathlib import Path
@@ -81,3 +81,20 @@ def test_count_check_keeps_only_new_strings_of_the_text():
     assert (before["r"], after["r"]) == (pytest.approx(200 / 3), pytest.approx(100.0))
     # the repeated last LOC slot counts one less (here wrongly: CoNLL counts Paris twice)
     assert count_check.score([gold], [pred], LABELS, [0], keep, True)["count_exact"] == 50.0
+
+
+def test_the_speed_scripts_compare_the_same_products():
+    """linear_orientation's two orders and int8_weight_micro's quantization, on small shapes: a speed
+    table is only worth its numbers if both sides compute the same thing."""
+    import torch
+
+    import int8_weight_micro
+    import linear_orientation
+
+    w, x = torch.randn(48, 32), torch.randn(5, 32)
+    torch.testing.assert_close(linear_orientation.weight_left(x, w), linear_orientation.one_order(x, w))
+    linear_ms, left_ms = linear_orientation.case([w, w.clone()], rows=5, repeats=2)
+    assert linear_ms > 0 and left_ms > 0
+    packed = int8_weight_micro.quantize(w)
+    assert packed["q"].dtype == torch.int8 and packed["q"].abs().max() <= 127
+    assert ((packed["q"].float() * packed["scale"][:, None] - w).abs() <= packed["scale"][:, None] / 2 + 1e-6).all()

@@ -25,6 +25,7 @@ def test_row_and_tree_passes_equal_transformers_bitwise(tiny_llama, dtype):
     lean = lean_forward(model)
     assert lean is not None
     assert lean.grouped == (dtype == torch.bfloat16)  # both attention calls are compared below
+    lean.pack = lean.weight_left = False  # transformers' shapes and order (the tests below: ours)
     segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
     # a first pass of ragged rows (left padding), then a second pass on its cache
     plain, s_plain = extend(model, None, segs, 0)
@@ -48,6 +49,57 @@ def test_row_and_tree_passes_equal_transformers_bitwise(tiny_llama, dtype):
     lb, _ = extend_tree(model, bb, more, 0, [t.ends for t in more], lean=lean)
     assert all(torch.equal(x, y) for x, y in zip(la, lb))
     assert torch.equal(extend(model, ba, [[5], [6], [7]], 0)[0], extend(model, bb, [[5], [6], [7]], 0, lean=lean)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padding_skips_the_linear_layers_and_changes_no_real_token(tiny_llama, dtype):
+    """Packed (only real tokens through the matmuls) against padded passes: row and tree shapes."""
+    model, tok = load(tiny_llama, dtype)
+    lean = lean_forward(model)
+    segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
+    heights = []
+    from spacy_padellm.engine import kv, lean as lean_module
+    linear, output_logits = lean_module.linear, kv.output_logits
+
+    def counting(x, w, *a):
+        heights.append(x.shape[0])
+        return linear(x, w, *a)
+
+    def counting_head(model, hidden):
+        heights.append(hidden.reshape(-1, hidden.shape[-1]).shape[0])
+        return output_logits(model, hidden)
+
+    def run(pack, fn):
+        lean.pack = pack
+        heights.clear()
+        lean_module.linear, kv.output_logits = counting, counting_head
+        try:
+            return fn(), list(heights)
+        finally:
+            lean_module.linear, kv.output_logits = linear, output_logits
+
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.0, rtol=0.0)
+    (padded, s_pad), h_pad = run(False, lambda: extend(model, None, segs, 0, lean=lean))
+    (packed, s_pack), h_pack = run(True, lambda: extend(model, None, segs, 0, lean=lean))
+    real = sum(map(len, segs))
+    assert set(h_pad[:-1]) == {3 * max(map(len, segs))} and set(h_pack[:-1]) == {real}  # the last: output layer
+    torch.testing.assert_close(packed, padded, **tol)
+    # a speculating pass (rows of 1 and 3 tokens) on the packed cache: logits of real columns only
+    nxt = [[5], [8, 9, 10], [11]]
+    (la, _), _ = run(False, lambda: extend(model, s_pad, nxt, 0, n_logits=3, lean=lean))
+    (lb, _), h = run(True, lambda: extend(model, s_pack, nxt, 0, n_logits=3, lean=lean))
+    assert h[-1] == 5  # the output layer ran on the 5 real positions, not 3 x 3
+    for row, seg in enumerate(nxt):
+        torch.testing.assert_close(lb[row, 3 - len(seg):], la[row, 3 - len(seg):], **tol)
+        assert not lb[row, : 3 - len(seg)].any()
+    tries = [Trie.of([segs[0] + [20, 21], segs[0] + [22]]), Trie.of([segs[2] + [23]])]
+    want = [t.ends for t in tries]
+    (ta, _), _ = run(False, lambda: extend_tree(model, None, tries, 0, want, lean=lean))
+    (tb, _), h = run(True, lambda: extend_tree(model, None, tries, 0, want, lean=lean))
+    assert h[0] == sum(len(t.tokens) for t in tries)
+    for x, y in zip(ta, tb):
+        torch.testing.assert_close(y, x, **tol)
+    lean.pack = True
 
 
 def test_fusing_leaves_the_model_as_it_was(tiny_llama):
@@ -88,3 +140,26 @@ def test_decoder_output_is_the_same_with_and_without(tiny_llama, tree):
         out.append([(p.counts, [(m.label, m.text, m.logprob) for m in p.mentions])
                     for p in dec.predict(SENTENCES, LABELS, [3] * len(SENTENCES))])
     assert out[0] == out[1]
+
+
+def test_float32_linears_of_few_rows_put_the_weight_left_with_the_same_numbers():
+    from spacy_padellm.engine.matmul import linear, weight_left
+
+    w = torch.randn(96, 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    cases = [(1, False), (2, True), (8, True), (128, True), (129, False)]
+    try:
+        assert [weight_left(torch.randn(r, 40), w) for r, _ in cases] == [left for _, left in cases]
+        torch.set_num_threads(1)  # one thread: the order pays only for fewer rows
+        assert weight_left(torch.randn(48, 40), w) and not weight_left(torch.randn(49, 40), w)
+    finally:
+        torch.set_num_threads(threads)
+    for rows, left in [(1, False), (2, True), (8, True)]:
+        x = torch.randn(rows, 40)
+        assert weight_left(x, w) is left
+        out = linear(x, w)
+        assert out.shape == (rows, 96) and out.is_contiguous()
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+    assert not weight_left(torch.randn(8, 40, dtype=torch.bfloat16), w.bfloat16())  # oneDNN's kernels
+    assert torch.equal(linear(torch.ones(8, 40), w, left=False), torch.nn.functional.linear(torch.ones(8, 40), w))

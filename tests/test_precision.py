@@ -43,7 +43,9 @@ def test_float32_models_are_untouched(tiny_llama):
             same = model(input_ids=ids).logits
         ours = output_logits(model, model.model(input_ids=ids).last_hidden_state)
     assert torch.equal(plain, same)
-    assert torch.equal(ours, plain.float())
+    # the output layer may run with its weight left (engine/matmul.py): the same products, another order
+    torch.testing.assert_close(ours, plain.float(), atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours.argmax(-1), plain.argmax(-1))
 
 
 def test_winning_candidates_are_scored_in_float32(tiny_llama):

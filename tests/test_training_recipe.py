@@ -122,6 +122,38 @@ def test_warm_start_begins_from_the_given_adapter(tmp_path, wide_tiny):
     assert any(v.abs().sum() > 0 for k, v in b.items() if "lora_B" in k)  # not the zero init
 
 
+def test_a_lower_rank_adapter_grows_into_a_higher_rank_run_unchanged(tmp_path, wide_tiny):
+    """Growing r=4 (scale 2) into r=8 (scale 1) must start from the same model; shrinking is refused."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from spacy_padellm.errors import PaDeLLMError
+    from spacy_padellm.training.checkpoints import warm_start
+
+    small = overfit_config(tmp_path, wide_tiny, dev="", max_steps=4, lora_r=4, lora_alpha=8)
+    train(small)
+    saved = str(Path(small.output) / "best")
+    ids = torch.tensor([[5, 9, 17, 3, 30, 2]])
+    with torch.no_grad():
+        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(wide_tiny), saved)(ids).logits
+
+    def fresh(r: int, alpha: int):
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear",
+                            task_type="CAUSAL_LM")
+        return get_peft_model(AutoModelForCausalLM.from_pretrained(wide_tiny), config)
+
+    grown = fresh(8, 8)
+    warm_start(grown, saved)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids).logits, reference, atol=1e-5, rtol=1e-5)
+    # the new rank is really there: A's new rows are random (trainable directions), B's new columns zero
+    a = next(p for n, p in grown.named_parameters() if "lora_A" in n)
+    b = next(p for n, p in grown.named_parameters() if "lora_B" in n)
+    assert a[4:].abs().sum() > 0 and b[:, 4:].abs().sum() == 0 and b[:, :4].abs().sum() > 0
+    with pytest.raises(PaDeLLMError, match="only a lower rank grows"):
+        warm_start(fresh(2, 4), saved)
+
+
 def test_train_config_fields_reach_the_cli():
     from spacy_padellm.cli import build_parser
 

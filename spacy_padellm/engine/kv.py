@@ -119,8 +119,13 @@ def extend(model: Any, state: Optional[KVState], segments: Sequence[Sequence[int
     mask = seg_mask if state is None else torch.cat([state.mask, seg_mask], dim=1)
     if lean is not None:
         hidden, layers = lean(ids, mask, positions, state.layers if state is not None else None)
-        logits = output_logits(model, hidden[:, -n_logits:, :])
-        return (logits[:, -1, :] if n_logits == 1 else logits), KVState(layers, mask)
+        if n_logits == 1:
+            return output_logits(model, hidden[:, -1, :]), KVState(layers, mask)
+        # a row shorter than n_logits reads only its own columns: the padding's logits stay zero, uncomputed
+        wanted = seg_mask[:, -n_logits:].reshape(-1).nonzero().squeeze(1)
+        picked = output_logits(model, hidden[:, -n_logits:, :].reshape(-1, hidden.shape[-1])[wanted])
+        logits = picked.new_zeros(len(segments) * n_logits, picked.shape[-1]).index_copy_(0, wanted, picked)
+        return logits.view(len(segments), n_logits, -1), KVState(layers, mask)
     cache = new_cache(model, state.layers if state is not None else None)
     with inference_precision(model):
         if takes_4d_mask(model):  # a plain output layer: ours scores the winning candidates in float32
@@ -224,9 +229,12 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
         allowed[i, pad, cached + pad] = True
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    if lean is not None:
+    node_mask = torch.zeros((rows, width), dtype=torch.long)
+    for i, trie in enumerate(tries):
+        node_mask[i, width - len(trie.tokens):] = 1
+    if lean is not None:  # the padding of rows with fewer nodes skips the linear layers
         hidden, layers = lean(ids.to(device), mask4d.to(device), positions.to(device),
-                              state.layers if state is not None else None)
+                              state.layers if state is not None else None, real=node_mask.bool().to(device))
     else:
         cache = new_cache(model, state.layers if state is not None else None)
         with inference_precision(model):
@@ -242,8 +250,5 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
     for w in want:
         per_row.append(logits[start: start + len(w)])
         start += len(w)
-    node_mask = torch.zeros((rows, width), dtype=torch.long)
-    for i, trie in enumerate(tries):
-        node_mask[i, width - len(trie.tokens):] = 1
     full_mask = node_mask.to(device) if state is None else torch.cat([state.mask, node_mask.to(device)], dim=1)
     return per_row, TreeState(KVState(layers, full_mask), offsets, cached)

@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from .family import float32_residual_ok
+from .matmul import linear, weight_left
 
 # Candidates per position rescored in float32. A token outside the bf16 top 8 can only be the true greedy
 # pick when 8 others sit within one bf16 rounding step (~0.4%) of the best.
@@ -85,6 +86,10 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     hidden = hidden.reshape(-1, hidden.shape[-1])
     head = model.get_output_embeddings()
     if head.weight.dtype != torch.bfloat16:
+        hooked = bool(head._forward_hooks or head._forward_pre_hooks)  # a hook must see its module run
+        if isinstance(head, torch.nn.Linear) and not hooked and weight_left(hidden, head.weight):  # matmul.py
+            logits = linear(hidden, head.weight)
+            return (logits if head.bias is None else logits + head.bias).reshape(*lead, -1)
         return head(hidden).float().reshape(*lead, -1)
     with torch.autocast(hidden.device.type, enabled=False):
         logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), head.weight, head.bias).float()

@@ -92,8 +92,13 @@ def resumed_total(state: Dict[str, Any], asked: int) -> int:
 
 
 def warm_start(model: Any, folder: str) -> None:
-    """Load a saved adapter's LoRA weights into the fresh peft model (a new schedule from a trained start)."""
-    from peft import set_peft_model_state_dict
+    """Load a saved adapter's LoRA weights into the fresh peft model (a new schedule from a trained start).
+
+    A saved adapter of a LOWER rank grows into this run's rank (issue 14: does a higher rank count better?)
+    so that the model starts exactly where the saved adapter left it: its A rows and B columns take the
+    first r0 places, B's are multiplied by scale0 / scale (peft scales B @ A by alpha / r), the new A rows
+    keep peft's random init and the new B columns are zero, so the grown product equals the saved one."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from ..errors import Errors, PaDeLLMError
@@ -102,11 +107,51 @@ def warm_start(model: Any, folder: str) -> None:
     if not weights.is_file():
         raise PaDeLLMError(Errors.E009.format(path=folder))
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    current = get_peft_model_state_dict(model)
+    if any(k in current and current[k].shape != v.shape for k, v in state.items()):
+        state = grown_lora_state(state, current, saved_scale(folder), model_scale(model), folder)
     result = set_peft_model_state_dict(model, state)
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise PaDeLLMError(Errors.E010.format(key="--init-adapter", value=folder,
                                               why=f"its LoRA shape differs from this run's ({unexpected[:2]} ...)"))
+
+
+def saved_scale(folder: str) -> float:
+    """alpha / r of a saved adapter (its adapter_config.json)."""
+    config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf8"))
+    return float(config["lora_alpha"]) / float(config["r"])
+
+
+def model_scale(model: Any) -> float:
+    """alpha / r of the peft model's active adapter."""
+    config = model.peft_config[model.active_adapter]
+    return float(config.lora_alpha) / float(config.r)
+
+
+def grown_lora_state(state: Dict[str, torch.Tensor], current: Dict[str, torch.Tensor], scale0: float,
+                     scale: float, folder: str) -> Dict[str, torch.Tensor]:
+    """The saved lower-rank LoRA weights embedded in this run's (see warm_start)."""
+    from ..errors import Errors, PaDeLLMError
+
+    grown: Dict[str, torch.Tensor] = {}
+    for key, saved in state.items():
+        target = current.get(key)
+        if target is None or target.shape == saved.shape:
+            grown[key] = saved
+            continue
+        out = target.detach().float().clone()
+        if "lora_A" in key and saved.shape[1:] == out.shape[1:] and saved.shape[0] <= out.shape[0]:
+            out[: saved.shape[0]] = saved
+        elif "lora_B" in key and saved.shape[0] == out.shape[0] and saved.shape[1] <= out.shape[1]:
+            out.zero_()
+            out[:, : saved.shape[1]] = saved * (scale0 / scale)
+        else:
+            raise PaDeLLMError(Errors.E010.format(
+                key="--init-adapter", value=folder,
+                why=f"{key} is {tuple(saved.shape)} there and {tuple(out.shape)} here: only a lower rank grows"))
+        grown[key] = out
+    return grown
 
 
 def save_adapter(model: Any, folder: Path, meta: Dict[str, Any]) -> None:

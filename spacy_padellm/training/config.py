@@ -29,8 +29,10 @@ class TrainConfig:
                                           "(default: the labels themselves); kept with the adapter")
     format: str = opt("padellm", "target format: padellm, or a baseline: autoreg_struct, autoreg_aug")
     lang: str = opt("en", "spaCy language of the tokenizer used for alignment in dev evaluation")
-    # A warm start: LoRA weights only; the optimizer and schedule start fresh. Same LoRA shape required.
-    init_adapter: str = opt("", "adapter folder whose LoRA weights a NEW run starts from (ignored on resume)")
+    # A warm start: LoRA weights only; the optimizer and schedule start fresh. The same LoRA layers; a lower
+    # rank grows into --lora-r with the same output at step 0 (training/checkpoints.py warm_start).
+    init_adapter: str = opt("", "adapter folder whose LoRA weights a NEW run starts from (ignored on resume; "
+                                "a lower rank grows into --lora-r)")
     # LoRA
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")

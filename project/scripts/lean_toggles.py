@@ -1,0 +1,69 @@
+"""The default pipe with engine/lean.py's packing (`pack`) and weight-left linears (`weight_left`) switched
+on and off in ONE process, alternating, on the benchmark's dev sample: what each pays, here.
+
+    python project/scripts/lean_toggles.py ../shared/data/conll2003/dev.conll --batch-size 1 -n 30 --threads 2
+
+Prints p50 and mean ms per call for each setting (old: both off; pack; left; both: the default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("-n", type=int, default=30, help="documents (every 32nd of the data)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+
+    import spacy
+    import torch
+
+    import spacy_padellm.engine.matmul as matmul
+    from spacy_padellm.evaluation import gold_copy
+    from spacy_padellm.training.readers import read_any
+
+    torch.set_num_threads(args.threads)
+    gold = [d for d in read_any(args.data, spacy.blank("en").vocab) if d.text.strip()][::32][: args.n]
+    nlp = spacy.blank("en")
+    pipe = nlp.add_pipe("padellm_ner", config={"threads": args.threads})
+    docs = [gold_copy(g) for g in gold]
+    list(nlp.pipe(docs[:3], batch_size=args.batch_size))  # warm-up
+    lean = pipe.decoder.runner.lean
+    if lean is None:
+        raise SystemExit("the default model does not run engine/lean.py here")
+    settings = {"old": (False, False), "pack": (True, False), "left": (False, True), "both": (True, True)}
+    times: Dict[str, List[float]] = {k: [] for k in settings}
+    rows = dict(matmul.LEFT_ROWS)
+    batches = [docs[i:i + args.batch_size] for i in range(0, len(docs), args.batch_size)]
+    for _ in range(args.rounds):
+        for name, (pack, left) in settings.items():
+            lean.pack, lean.weight_left = pack, left
+            matmul.LEFT_ROWS = rows if left else {1: (10 ** 9, 0), 2: (10 ** 9, 0)}  # the output layer too
+            for batch in batches:
+                start = time.perf_counter()
+                list(nlp.pipe(batch, batch_size=args.batch_size))
+                times[name].append(1000 * (time.perf_counter() - start))
+    matmul.LEFT_ROWS = rows
+    result = {}
+    for name, values in times.items():
+        values = sorted(values)
+        result[name] = {"p50_ms": round(values[len(values) // 2], 1), "mean_ms": round(sum(values) / len(values), 1)}
+        print(f"bs {args.batch_size} {name:5s} p50 {result[name]['p50_ms']:9.1f} ms  mean {result[name]['mean_ms']:9.1f} ms")
+    if args.out:
+        from spacy_padellm.engine.floor import cpu_description
+
+        Path(args.out).write_text(json.dumps({**cpu_description(), "threads": args.threads, "batch_size":
+                                              args.batch_size, "n": args.n, "ms_per_call": result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
