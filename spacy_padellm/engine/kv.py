@@ -217,10 +217,12 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
     if state is not None:
         allowed[:, :, :cached] = state.mask.bool().cpu()[:, None, :]
     offsets = []
+    node_mask = torch.zeros((rows, width), dtype=torch.long)  # the real nodes (the rest is left padding)
     for i, trie in enumerate(tries):
         off = width - len(trie.tokens)
         offsets.append(cached + off)
         ids[i, off:] = torch.as_tensor(trie.tokens, dtype=torch.long)
+        node_mask[i, off:] = 1
         depth = trie.depths()
         positions[i, off:] = torch.as_tensor(depth, dtype=torch.long) + past_len[i]
         allowed[i, off:, cached + off:] = torch.from_numpy(trie.ancestors())
@@ -229,9 +231,6 @@ def extend_tree(model: Any, state: Optional[KVState], tries: Sequence[Trie], pad
         allowed[i, pad, cached + pad] = True
     dtype = next(model.parameters()).dtype
     mask4d = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    node_mask = torch.zeros((rows, width), dtype=torch.long)
-    for i, trie in enumerate(tries):
-        node_mask[i, width - len(trie.tokens):] = 1
     if lean is not None:  # the padding of rows with fewer nodes skips the linear layers
         hidden, layers = lean(ids.to(device), mask4d.to(device), positions.to(device),
                               state.layers if state is not None else None, real=node_mask.bool().to(device))
