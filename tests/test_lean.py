@@ -25,7 +25,7 @@ def test_row_and_tree_passes_equal_transformers_bitwise(tiny_llama, dtype):
     lean = lean_forward(model)
     assert lean is not None
     assert lean.grouped == (dtype == torch.bfloat16)  # both attention calls are compared below
-    lean.pack = lean.weight_left = False  # transformers' shapes and order (the tests below: ours)
+    lean.pack = lean.weight_left = lean.prepack = False  # transformers' shapes and order (the tests below: ours)
     segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
     # a first pass of ragged rows (left padding), then a second pass on its cache
     plain, s_plain = extend(model, None, segs, 0)
@@ -59,11 +59,15 @@ def test_padding_skips_the_linear_layers_and_changes_no_real_token(tiny_llama, d
     segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
     heights = []
     from spacy_padellm.engine import kv, lean as lean_module
-    linear, output_logits = lean_module.linear, kv.output_logits
+    linear, packed_linear, output_logits = lean_module.linear, lean_module.packed_linear, kv.output_logits
 
     def counting(x, w, *a):
         heights.append(x.shape[0])
         return linear(x, w, *a)
+
+    def counting_packed(x, p):  # bf16 on a CPU with AMX: the prepacked weights (engine/matmul.py)
+        heights.append(x.shape[0])
+        return packed_linear(x, p)
 
     def counting_head(model, hidden):
         heights.append(hidden.reshape(-1, hidden.shape[-1]).shape[0])
@@ -72,11 +76,11 @@ def test_padding_skips_the_linear_layers_and_changes_no_real_token(tiny_llama, d
     def run(pack, fn):
         lean.pack = pack
         heights.clear()
-        lean_module.linear, kv.output_logits = counting, counting_head
+        lean_module.linear, lean_module.packed_linear, kv.output_logits = counting, counting_packed, counting_head
         try:
             return fn(), list(heights)
         finally:
-            lean_module.linear, kv.output_logits = linear, output_logits
+            lean_module.linear, lean_module.packed_linear, kv.output_logits = linear, packed_linear, output_logits
 
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.0, rtol=0.0)
     (padded, s_pad), h_pad = run(False, lambda: extend(model, None, segs, 0, lean=lean))
@@ -163,3 +167,46 @@ def test_float32_linears_of_few_rows_put_the_weight_left_with_the_same_numbers()
         torch.testing.assert_close(out, torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
     assert not weight_left(torch.randn(8, 40, dtype=torch.bfloat16), w.bfloat16())  # oneDNN's kernels
     assert torch.equal(linear(torch.ones(8, 40), w, left=False), torch.nn.functional.linear(torch.ones(8, 40), w))
+
+
+def _can_prepack() -> bool:
+    from spacy_padellm.engine.matmul import prepacked
+
+    return prepacked(torch.ones(8, 8, dtype=torch.bfloat16)) is not None
+
+
+@pytest.mark.skipif(not _can_prepack(), reason="oneDNN cannot prepack bf16 weights on this CPU (torch: it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)")
+def test_prepacked_bf16_weights_decode_the_same_and_follow_a_written_weight(tiny_llama):
+    """The prepacked oneDNN copies (engine/matmul.py; on by rule only where the CPU has AMX, forced on here):
+    logits within a bf16 rounding of F.linear's, the same decoded output, and a weight written in place
+    after packing (an adapter merged later) is packed again before the next pass."""
+    from spacy_padellm.engine.matmul import packed_linear, prepacked
+
+    w, x = torch.randn(48, 40).bfloat16(), torch.randn(5, 40).bfloat16()
+    torch.testing.assert_close(packed_linear(x, prepacked(w)), torch.nn.functional.linear(x, w), atol=2e-2, rtol=1e-2)
+    model, tok = load(tiny_llama, torch.bfloat16)
+    lean = lean_forward(model)
+    segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
+    lean.prepack = False
+    plain, _ = extend(model, None, segs, 0, lean=lean)
+    lean.prepack = True
+    lean.pack_weights()
+    assert lean.prepack and all(layer.packed is not None for layer in lean.layers)
+    packed, _ = extend(model, None, segs, 0, lean=lean)
+    torch.testing.assert_close(packed, plain, atol=0.05, rtol=0.02)
+    out = []
+    for on in (False, True):
+        lean.prepack = on
+        dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, tree=True, small_batch=len(SENTENCES))
+        assert dec.runner.lean is lean
+        out.append([(p.counts, [(m.label, m.text) for m in p.mentions])
+                    for p in dec.predict(SENTENCES, LABELS, [3] * len(SENTENCES))])
+    assert out[0] == out[1]
+    with torch.no_grad():  # a weight written after packing: the packed copies follow it
+        model.model.layers[0].mlp.down_proj.weight.mul_(3.0)
+    lean.prepack = False
+    want, _ = extend(model, None, segs, 0, lean=lean)
+    lean.prepack = True
+    got, _ = extend(model, None, segs, 0, lean=lean)
+    assert not torch.allclose(want, plain, atol=0.05, rtol=0.02)  # the write changed the output
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)

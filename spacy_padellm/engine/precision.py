@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from .family import float32_residual_ok
-from .matmul import linear, weight_left
+from .matmul import linear, packed_linear, prepacked, prepacks, weight_left
 
 # Candidates per position rescored in float32. A token outside the bf16 top 8 can only be the true greedy
 # pick when 8 others sit within one bf16 rounding step (~0.4%) of the best.
@@ -92,9 +92,31 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
             return (logits if head.bias is None else logits + head.bias).reshape(*lead, -1)
         return head(hidden).float().reshape(*lead, -1)
     with torch.autocast(hidden.device.type, enabled=False):
-        logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), head.weight, head.bias).float()
+        packed = _packed_head(model, head)
+        if packed is not None:
+            logits = packed_linear(hidden.to(torch.bfloat16), packed).float()
+            logits = logits if head.bias is None else logits + head.bias.float()
+        else:
+            logits = torch.nn.functional.linear(hidden.to(torch.bfloat16), head.weight, head.bias).float()
         top = logits.topk(min(RESCORED, logits.shape[-1]), dim=-1).indices  # [n, k]
         exact = (head.weight[top].float() @ hidden.float().unsqueeze(-1)).squeeze(-1)  # [n, k]
         if head.bias is not None:
             exact = exact + head.bias[top].float()
         return logits.scatter(-1, top, exact).reshape(*lead, -1)
+
+
+def _packed_head(model: Any, head: Any) -> Optional[torch.Tensor]:
+    """The output layer's bf16 weight in oneDNN's layout where the rule takes it (engine/matmul.py), made
+    once per model and again when the weight was written since (its version counter), else None."""
+    if not isinstance(head, torch.nn.Linear) or head._forward_hooks or head._forward_pre_hooks:
+        return None
+    weight = head.weight
+    if not prepacks(weight):
+        return None
+    key = (weight.data_ptr(), weight._version)
+    cached = model.__dict__.get("_padellm_packed_head")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, prepacked(weight))
+        model.__dict__["_padellm_packed_head"] = cached
+    return cached[1]
