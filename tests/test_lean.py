@@ -65,7 +65,7 @@ def test_padding_skips_the_linear_layers_and_changes_no_real_token(tiny_llama, d
         heights.append(x.shape[0])
         return linear(x, w, *a)
 
-    def counting_packed(x, p):  # bf16 on a CPU with AMX: the prepacked weights (engine/matmul.py)
+    def counting_packed(x, p):  # where the weights are prepacked (engine/matmul.py)
         heights.append(x.shape[0])
         return packed_linear(x, p)
 
@@ -169,23 +169,33 @@ def test_float32_linears_of_few_rows_put_the_weight_left_with_the_same_numbers()
     assert torch.equal(linear(torch.ones(8, 40), w, left=False), torch.nn.functional.linear(torch.ones(8, 40), w))
 
 
-def _can_prepack() -> bool:
+def _can_prepack(dtype: torch.dtype) -> bool:
     from spacy_padellm.engine.matmul import prepacked
 
-    return prepacked(torch.ones(8, 8, dtype=torch.bfloat16)) is not None
+    return prepacked(torch.ones(8, 8, dtype=dtype)) is not None
 
 
-@pytest.mark.skipif(not _can_prepack(), reason="oneDNN cannot prepack bf16 weights on this CPU (torch: it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)")
-def test_prepacked_bf16_weights_decode_the_same_and_follow_a_written_weight(tiny_llama):
-    """The prepacked oneDNN copies (engine/matmul.py; on by rule only where the CPU has AMX, forced on here):
-    logits within a bf16 rounding of F.linear's, the same decoded output, and a weight written in place
-    after packing (an adapter merged later) is packed again before the next pass."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_weights_decode_the_same_and_follow_a_written_weight(tiny_llama, dtype):
+    """The prepacked oneDNN copies (engine/matmul.py; on by rule for float32 on the CPU, for bf16 where the
+    CPU has AMX, forced on here): logits within a rounding of the plain linears', the same decoded output,
+    and a weight written in place after packing (an adapter merged later) is packed again before the next
+    pass. float32 must be prepackable wherever torch has oneDNN; bf16 needs AVX512 (torch's check)."""
     from spacy_padellm.engine.matmul import packed_linear, prepacked
 
-    w, x = torch.randn(48, 40).bfloat16(), torch.randn(5, 40).bfloat16()
-    torch.testing.assert_close(packed_linear(x, prepacked(w)), torch.nn.functional.linear(x, w), atol=2e-2, rtol=1e-2)
-    model, tok = load(tiny_llama, torch.bfloat16)
+    if dtype == torch.bfloat16 and not _can_prepack(dtype):
+        pytest.skip("oneDNN cannot prepack bf16 weights on this CPU (torch: it needs AVX512-BW/VL/DQ or AVX-NE-CONVERT)")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    bf16 = dtype == torch.bfloat16
+    tol = dict(atol=0.05, rtol=0.02) if bf16 else dict(atol=1e-4, rtol=1e-4)
+    w, x = torch.randn(48, 40).to(dtype), torch.randn(5, 40).to(dtype)
+    torch.testing.assert_close(packed_linear(x, prepacked(w)), torch.nn.functional.linear(x, w),
+                               **(dict(atol=2e-2, rtol=1e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)))
+    model, tok = load(tiny_llama, dtype)
     lean = lean_forward(model)
+    if not bf16:
+        assert lean.prepack and all(layer.packed is not None for layer in lean.layers)  # the rule, unforced
     segs = [tok(s)["input_ids"] for s in ("Paris is in France .", "EU rejects German call", "Hi")]
     lean.prepack = False
     plain, _ = extend(model, None, segs, 0, lean=lean)
@@ -193,7 +203,7 @@ def test_prepacked_bf16_weights_decode_the_same_and_follow_a_written_weight(tiny
     lean.pack_weights()
     assert lean.prepack and all(layer.packed is not None for layer in lean.layers)
     packed, _ = extend(model, None, segs, 0, lean=lean)
-    torch.testing.assert_close(packed, plain, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(packed, plain, **tol)
     out = []
     for on in (False, True):
         lean.prepack = on
@@ -208,5 +218,5 @@ def test_prepacked_bf16_weights_decode_the_same_and_follow_a_written_weight(tiny
     want, _ = extend(model, None, segs, 0, lean=lean)
     lean.prepack = True
     got, _ = extend(model, None, segs, 0, lean=lean)
-    assert not torch.allclose(want, plain, atol=0.05, rtol=0.02)  # the write changed the output
-    torch.testing.assert_close(got, want, atol=0.05, rtol=0.02)
+    assert not torch.allclose(want, plain, **tol)  # the write changed the output
+    torch.testing.assert_close(got, want, **tol)

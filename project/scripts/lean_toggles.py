@@ -1,11 +1,12 @@
 """The default pipe with engine/lean.py's packing (`pack`), weight-left float32 linears (`weight_left`) and
-prepacked bf16 weights (`prepack`) switched on and off in ONE process, alternating, on the benchmark's dev
+weights prepacked for oneDNN (`prepack`) switched on and off in ONE process, alternating, on the benchmark's dev
 sample: what each pays, here.
 
     python project/scripts/lean_toggles.py ../shared/data/conll2003/dev.conll --batch-size 1 -n 30 --threads 2
 
-Prints p50 and mean ms per call for each setting (old: all off; pack; left; prepack; all: the default, each
-where the model's dtype and this CPU take it: `left` is float32's, `prepack` bf16's on a CPU with AMX) and
+Prints p50 and mean ms per call for each setting (old: all off; pack; left; pack+left; prepack; all: the default, each
+where the model's dtype and this CPU take it: `left` is float32's where `prepack` is off, `prepack`
+float32's and bf16's on a CPU with AMX) and
 whether its entities equal those of `old` on every document.
 """
 from __future__ import annotations
@@ -43,11 +44,11 @@ def main() -> None:
     lean = pipe.decoder.runner.lean
     if lean is None:
         raise SystemExit("the default model does not run engine/lean.py here")
-    prepack = lean.prepack
+    prepack, switch = lean.prepack, matmul.PREPACK
     if not prepack and matmul.prepacks(lean.layers[0].qkv):
         lean.pack_weights()  # the rule is on, oneDNN could not (then the toggle below measures nothing)
     settings = {"old": (False, False, False), "pack": (True, False, False), "left": (False, True, False),
-                "prepack": (False, False, prepack), "all": (True, True, prepack)}
+                "pack+left": (True, True, False), "prepack": (False, False, prepack), "all": (True, True, prepack)}
     times: Dict[str, List[float]] = {k: [] for k in settings}
     ents: Dict[str, List[list]] = {k: [] for k in settings}
     rows = dict(matmul.LEFT_ROWS)
@@ -55,7 +56,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (pack, left, packed) in settings.items():
             lean.pack, lean.weight_left, lean.prepack = pack, left, packed
-            matmul.PREPACK_BF16 = packed  # the output layer's copy too (engine/precision.py)
+            matmul.PREPACK = packed  # the output layer's copy too (engine/precision.py)
             matmul.LEFT_ROWS = rows if left else {1: (10 ** 9, 0), 2: (10 ** 9, 0)}  # the output layer too
             found = []
             for batch in batches:
@@ -66,14 +67,14 @@ def main() -> None:
             ents[name] = found
     matmul.LEFT_ROWS = rows
     lean.pack, lean.weight_left, lean.prepack = True, True, prepack
-    matmul.PREPACK_BF16 = True
+    matmul.PREPACK = switch
     result = {}
     for name, values in times.items():
         values = sorted(values)
         same = sum(a == b for a, b in zip(ents[name], ents["old"]))
         result[name] = {"p50_ms": round(values[len(values) // 2], 1), "mean_ms": round(sum(values) / len(values), 1),
                         "same_ents_as_old": f"{same}/{len(ents['old'])}"}
-        print(f"bs {args.batch_size} {name:7s} p50 {result[name]['p50_ms']:9.1f} ms  mean {result[name]['mean_ms']:9.1f} ms"
+        print(f"bs {args.batch_size} {name:9s} p50 {result[name]['p50_ms']:9.1f} ms  mean {result[name]['mean_ms']:9.1f} ms"
               f"  same entities as old: {result[name]['same_ents_as_old']}")
     if args.out:
         from spacy_padellm.engine.floor import cpu_description

@@ -4,20 +4,22 @@ Runs a warm-up, then profiles `--batch-size` documents in one call (1: a batch-1
 and prints per stage (the engine's Meter) and per operator group: matmuls (linear/addmm/mm/bmm),
 attention (scaled_dot_product_attention and its parts), cache copies (cat/index_select/gather/copy_),
 precision casts (to/_to_copy), the output layer's top-8 rescoring (topk/scatter), and the rest; the time
-not inside any torch operator is Python.
+not inside any torch operator is Python. Then the same groups within each stage's forward passes (the
+engine's Runner.forward and forward_tree, wrapped in a profiler label here), per pass.
 
     python project/scripts/profile_decode.py ../shared/data/conll2003/dev.conll --batch-size 1 --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections import defaultdict
-from typing import Dict
+from typing import Any, Callable, Dict, List
 
 GROUPS = {
-    "matmul": ("aten::linear", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"),
+    "matmul": ("aten::linear", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "mkldnn::_linear_pointwise"),
     "attention": ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
                   "aten::_scaled_dot_product_attention_math", "aten::softmax", "aten::_softmax"),
     "cache copies": ("aten::cat", "aten::index_select", "aten::gather", "aten::copy_", "aten::index",
@@ -27,6 +29,51 @@ GROUPS = {
     "elementwise": ("aten::mul", "aten::add", "aten::silu", "aten::rsqrt", "aten::pow", "aten::mean", "aten::neg",
                     "aten::sum", "aten::cumsum", "aten::embedding", "aten::log_softmax", "aten::max", "aten::argmax"),
 }
+
+
+def _labelled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a Runner pass, whose 6th argument or `stage` keyword is its stage) inside a profiler label."""
+    from torch.profiler import record_function
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        stage = kwargs.get("stage", args[5] if len(args) > 5 else "?")
+        with record_function(f"stage:{stage}"):
+            return fn(*args, **kwargs)
+    return run
+
+
+def group_of(name: str) -> str:
+    return next((g for g, names in GROUPS.items() if name in names), "other torch ops")
+
+
+def stage_groups(events: Any) -> Dict[str, Dict[str, float]]:
+    """Self ms per operator group inside each `stage:` label (nested ops counted once, by their own self
+    time); the label's time outside any op is "python"."""
+    out: Dict[str, Dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def walk(event: Any, into: Dict[str, float]) -> float:
+        total = 0.0
+        for child in event.cpu_children:
+            ms = child.self_cpu_time_total / 1000
+            into[group_of(child.name)] += ms
+            total += ms + walk(child, into)
+        return total
+
+    for event in events:
+        if event.name.startswith("stage:") and not any(p.name.startswith("stage:") for p in _parents(event)):
+            into = out[event.name[len("stage:"):]]
+            inside = walk(event, into)
+            into["python"] += max(0.0, event.cpu_time_total / 1000 - inside)
+    return {k: dict(v) for k, v in out.items()}
+
+
+def _parents(event: Any) -> List[Any]:
+    found = []
+    while getattr(event, "cpu_parent", None) is not None:
+        event = event.cpu_parent
+        found.append(event)
+    return found
 
 
 def main() -> None:
@@ -54,6 +101,9 @@ def main() -> None:
     meter = pipe.decoder.meter
     meter.clear()
     batches = [docs[i:i + args.batch_size] for i in range(args.batch_size, len(docs), args.batch_size)]
+    runner = pipe.decoder.runner
+    for name in ("forward", "forward_tree"):  # a label around each pass, named after its stage
+        setattr(runner, name, _labelled(getattr(runner, name)))
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for batch in batches:
@@ -78,13 +128,20 @@ def main() -> None:
     python_ms = max(0.0, 1000 * wall - top)
     for group, ms in rows + [("python (outside torch ops)", python_ms)]:
         print(f"  {group:<27} {ms / len(batches):8.1f} ms {100 * ms / (1000 * wall):5.1f}%")
+    by_stage = stage_groups(prof.events())
+    print("per stage and operator group (self time, ms per pass):")
+    for stage, found in by_stage.items():
+        n = meter.passes.get(stage, 0) or 1
+        print(f"  {stage:<15} " + ", ".join(f"{g} {ms / n:.1f}" for g, ms in sorted(found.items(), key=lambda kv: -kv[1])))
     if args.out:
         with open(args.out, "w", encoding="utf8") as f:
             json.dump({"batch_size": args.batch_size, "threads": torch.get_num_threads(), "ms_per_call": per_call,
                        "stages": {s: {"ms": 1000 * v / len(batches), "passes": meter.passes[s] / len(batches)}
                                   for s, v in meter.seconds.items()},
                        "groups_ms": {g: ms / len(batches) for g, ms in rows},
-                       "python_ms": python_ms / len(batches)}, f, indent=1)
+                       "python_ms": python_ms / len(batches),
+                       "stage_groups_ms_per_pass": {st: {g: ms / (meter.passes.get(st, 0) or 1) for g, ms in found.items()}
+                                                    for st, found in by_stage.items()}}, f, indent=1)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -76,7 +76,7 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 
     bf16 weights: one bf16 matmul over the vocabulary, then the RESCORED best candidates of each position
     recomputed from the float32 hidden state (a bf16 logit of ~20 is only known to +-0.06, which decides
-    near-ties at random). float32 weights: the plain output layer.
+    near-ties at random). float32 weights: the output layer in one matmul (engine/matmul.py).
 
     The hidden states are made one 2D block first: a strided 3D slice (the last position of a multi-token
     pass) turns the linear layer into a batched matmul over a copy of the whole output matrix, 20 ms a pass
@@ -87,8 +87,9 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     head = model.get_output_embeddings()
     if head.weight.dtype != torch.bfloat16:
         hooked = bool(head._forward_hooks or head._forward_pre_hooks)  # a hook must see its module run
-        if isinstance(head, torch.nn.Linear) and not hooked and weight_left(hidden, head.weight):  # matmul.py
-            logits = linear(hidden, head.weight)
+        packed = _packed_head(model, head) if hidden.dtype == head.weight.dtype else None  # matmul.py
+        if packed is not None or (isinstance(head, torch.nn.Linear) and not hooked and weight_left(hidden, head.weight)):
+            logits = linear(hidden, head.weight) if packed is None else packed_linear(hidden, packed)
             return (logits if head.bias is None else logits + head.bias).reshape(*lead, -1)
         return head(hidden).float().reshape(*lead, -1)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -106,7 +107,7 @@ def output_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _packed_head(model: Any, head: Any) -> Optional[torch.Tensor]:
-    """The output layer's bf16 weight in oneDNN's layout where the rule takes it (engine/matmul.py), made
+    """The output layer's weight in oneDNN's layout where the rule takes it (engine/matmul.py), made
     once per model and again when the weight was written since (its version counter), else None."""
     if not isinstance(head, torch.nn.Linear) or head._forward_hooks or head._forward_pre_hooks:
         return None
