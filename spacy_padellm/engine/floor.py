@@ -70,9 +70,9 @@ def gemm_rate(model: Any, dtype: torch.dtype, tokens: int = 96, seconds: float =
     inputs = {i: torch.randn(tokens, i, dtype=dtype, device=device) for i, _ in linear_shapes(model)}
     flops = sum(2 * tokens * w.shape[0] * w.shape[1] for w in weights)
     calls = [lambda x, w=w: torch.nn.functional.linear(x, w) for w in weights]
-    packed = [prepacked(w) for w in weights] if device.type == "cpu" else [None]
+    packed = [prepacked(w) for w in weights] if device.type == "cpu" else []
     kernels = [calls]
-    if all(p is not None for p in packed):
+    if packed and all(p is not None for p in packed):
         kernels.append([lambda x, p=p: packed_linear(x, p) for p in packed])
     rates = []
     with torch.inference_mode():

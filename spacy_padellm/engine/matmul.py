@@ -94,10 +94,10 @@ def prepacks(weight: torch.Tensor) -> bool:
 FLOAT32_PACKED_ROWS = 256
 
 
-def takes_packed(x: torch.Tensor, head: bool = False) -> bool:
-    """Whether a 2D x goes through a prepacked copy of the weight rather than `linear`: bf16 always,
-    float32 up to FLOAT32_PACKED_ROWS rows in the decoder and at any height in the output layer."""
-    return head or x.dtype != torch.float32 or x.shape[0] <= FLOAT32_PACKED_ROWS
+def takes_packed(x: torch.Tensor) -> bool:
+    """Whether a decoder linear's 2D x goes through the prepacked copy of its weight rather than `linear`:
+    bf16 always, float32 up to FLOAT32_PACKED_ROWS rows (the output layer's copy takes any height)."""
+    return x.dtype != torch.float32 or x.shape[0] <= FLOAT32_PACKED_ROWS
 
 
 def prepacked(weight: torch.Tensor) -> Optional[torch.Tensor]:
