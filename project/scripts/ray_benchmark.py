@@ -40,6 +40,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Dict, List, Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_share import CpuSampler  # noqa: E402 - this folder's sampler
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONLL = ROOT.parent / "shared" / "data" / "conll2003" / "dev.conll"
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start` leaves the address for auto
@@ -72,6 +75,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per run (default: 1800)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--keep-outputs", action="store_true", help="keep the annotated OUTPUT folders")
+    p.add_argument("--cpu-share", action="store_true",
+                   help="sample every process's CPU time (cpu_share.py) and report it per process group, "
+                        "for the start-up and the steady state of each run")
     return p.parse_args(argv)
 
 
@@ -176,12 +182,15 @@ def one_run(args: argparse.Namespace, data: Dict[str, Any], backend: str, run: i
     summary.unlink(missing_ok=True)
     head = Head(args, env) if backend == "ray" and args.start_head else None
     load = os.getloadavg()[0]
+    sampler = CpuSampler().start() if args.cpu_share else None
     try:
         began = time.time()
         done = subprocess.run(apply_cmd(args, data, backend, out, summary), env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=args.timeout)
         wall = time.time() - began
     finally:
+        if sampler is not None:
+            sampler.stop()
         if head is not None:
             head.stop()
     if done.returncode != 0 or not summary.exists():
@@ -196,6 +205,11 @@ def one_run(args: argparse.Namespace, data: Dict[str, Any], backend: str, run: i
            "startup_apply_s": s.get("startup_seconds"), "steady_docs_per_s": s.get("steady_docs_per_s"),
            "steady_documents": s.get("steady_documents"), "batches": s.get("batches"),
            "phases": s.get("phases"), "load_before": round(load, 2), "summary_line": done.stdout.strip()[-400:]}
+    if sampler is not None and first is not None:
+        last = s.get("last_batch_unix") or first
+        row["cpu_startup_s"] = sampler.share(began, first)
+        row["cpu_steady_s"] = sampler.share(first, last)
+        row["steady_window_s"] = round(last - first, 2)
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return row
@@ -237,6 +251,25 @@ def print_table(rows: List[Dict[str, Any]], over: Dict[str, Optional[float]]) ->
           f"{_fmt(over['steady_docs_per_s_local'], 2)} docs/s)")
 
 
+def print_cpu_share(rows: List[Dict[str, Any]]) -> None:
+    """Per run: each process group's CPU-seconds in the start-up and the steady state, and its share of
+    the cores over the steady window."""
+    cores = len(os.sched_getaffinity(0))
+    for r in rows:
+        if "cpu_steady_s" not in r:
+            continue
+        window = r["steady_window_s"] or 0.0
+        print(f"\nCPU-seconds, {r['backend']} run {r['run']} (start-up {_fmt(r['startup_s'])} s, steady "
+              f"{window:.1f} s on {cores} cores = {cores * window:.1f} CPU-s):")
+        print("| process group | start-up CPU-s | steady CPU-s | steady share of the cores |")
+        print("| --- | ---: | ---: | ---: |")
+        names = list(dict.fromkeys([*r["cpu_steady_s"], *r["cpu_startup_s"]]))
+        for name in names:
+            st, up = r["cpu_steady_s"].get(name, 0.0), r["cpu_startup_s"].get(name, 0.0)
+            pct = f"{100 * st / (cores * window):.1f}%" if window else "-"
+            print(f"| {name} | {up:.2f} | {st:.2f} | {pct} |")
+
+
 def machine() -> Dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
@@ -270,6 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             head.stop()
     over = overheads(rows)
     print_table(rows, over)
+    print_cpu_share(rows)
     mode = ("start-head" if args.start_head else "keep-head" if args.keep_head else
             f"address {args.address}" if args.address else "local Ray per run")
     env = {b: {k: run_env(args, b).get(k) for k in ENV_KEYS} for b in ("local", "ray")}
