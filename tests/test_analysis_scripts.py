@@ -98,3 +98,27 @@ def test_the_speed_scripts_compare_the_same_products():
     packed = int8_weight_micro.quantize(w)
     assert packed["q"].dtype == torch.int8 and packed["q"].abs().max() <= 127
     assert ((packed["q"].float() * packed["scale"][:, None] - w).abs() <= packed["scale"][:, None] / 2 + 1e-6).all()
+
+
+def test_cpu_share_counts_a_busy_process_in_its_group_and_window():
+    """ray_benchmark --cpu-share: a child that burns ~0.6 CPU-s is counted under its group, inside the
+    window it ran in, and not in a window before it started."""
+    import subprocess
+    import time
+
+    import cpu_share
+
+    assert cpu_share.group_of("ray::MapWorker(MapBatches(PipelineAnnotator))") == "actor (MapWorker)"
+    assert cpu_share.group_of("/x/ray/core/src/ray/raylet/raylet --node") == "raylet"
+    assert cpu_share.group_of("python -m spacy_padellm apply p in out") == "apply driver"
+    sampler = cpu_share.CpuSampler(interval=0.05).start()
+    time.sleep(0.3)
+    before = time.time()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.2)"
+    subprocess.run([sys.executable, "-c", burn, "spacy_padellm apply"], check=True)
+    after = time.time()
+    time.sleep(0.2)
+    sampler.stop()
+    during = sampler.share(before, after)
+    assert 0.4 <= during.get("apply driver", 0.0) <= 1.0, during
+    assert sampler.share(before - 0.3, before - 0.1).get("apply driver", 0.0) == 0.0

@@ -27,7 +27,8 @@ GROUPS: List[Tuple[str, str]] = [
     (r"ray::_StatsActor", "Ray Data _StatsActor"),
     (r"ray::AutoscalingRequester|autoscaling_requester", "Ray Data AutoscalingRequester"),
     (r"ray::", "other Ray actors/tasks"),
-    (r"raylet", "raylet"),
+    (r"default_worker\.py", "workers starting (default_worker.py)"),
+    (r"raylet/raylet", "raylet"),
     (r"gcs_server", "gcs_server"),
     (r"dashboard/agent\.py|dashboard_agent", "dashboard agent"),
     (r"runtime_env/agent|runtime_env_agent", "runtime-env agent"),
@@ -36,6 +37,9 @@ GROUPS: List[Tuple[str, str]] = [
     (r"monitor\.py|autoscaler", "autoscaler monitor"),
     (r"spacy_padellm apply", "apply driver"),
 ]
+
+
+THREADED = ("actor (MapWorker)", "apply driver")  # groups whose threads are reported one by one
 
 
 def group_of(cmdline: str) -> str:
@@ -52,6 +56,13 @@ def _ticks(pid: str) -> Optional[int]:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
     return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _comm(path: str) -> str:
+    try:
+        return Path(f"/proc/{path}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def _cmdline(pid: str) -> str:
@@ -91,8 +102,18 @@ class CpuSampler:
                 if t is None:
                     continue
                 ticks[entry] = t
-                if entry not in self.names or self.names[entry] in ("other processes", "other Ray actors/tasks"):
-                    self.names[entry] = group_of(_cmdline(entry))
+                # every sample: a worker renames itself (ray::IDLE, then ray::MapWorker(...)) after it starts
+                cmdline = _cmdline(entry)
+                if not cmdline and entry in self.names:  # exiting: keep the name it had
+                    continue
+                name = self.names[entry] = group_of(cmdline)
+                if name in THREADED:  # its threads too, under "group / thread name"
+                    for task in os.listdir(f"/proc/{entry}/task") if os.path.isdir(f"/proc/{entry}/task") else ():
+                        tt = _ticks(f"{entry}/task/{task}")
+                        if tt is not None:
+                            key = f"{entry}/{task}"
+                            ticks[key] = tt
+                            self.names[key] = f"{name} / {_comm(f'{entry}/task/{task}')}"
             self.samples.append((now, ticks))
             self._stop.wait(self.interval)
 
@@ -112,6 +133,6 @@ class CpuSampler:
                 last[pid] = value
         out: Dict[str, float] = {}
         for pid, value in last.items():
-            name = self.names.get(pid, "other processes")
+            name = self.names.get(pid, "other processes")  # threads: "group / thread name", summed by name
             out[name] = out.get(name, 0.0) + (value - first[pid]) / TICK
         return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
