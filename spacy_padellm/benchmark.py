@@ -19,10 +19,9 @@ from spacy.training import Example
 from .errors import Errors, PaDeLLMError
 from .evaluation import gold_copy, metrics
 from .scoring import predicted_strings
-from .settings import PRESETS
+from .settings import METHODS, PRESETS
 from .types import STAGES
 
-METHODS = (*PRESETS, "padellm_reference", "autoreg_struct", "autoreg_aug")  # PRESETS: settings.py
 PACKAGE = Path(__file__).resolve().parent
 ADAPTERS = {**{name: PACKAGE / "default_adapter" for name in (*PRESETS, "padellm_reference")},
             "autoreg_struct": PACKAGE / "baseline_adapters" / "autoreg_struct",

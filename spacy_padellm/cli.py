@@ -161,7 +161,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .benchmark import METHODS
+    from .settings import METHODS
 
     parser = argparse.ArgumentParser(prog="python -m spacy_padellm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"spacy_padellm {__version__}")

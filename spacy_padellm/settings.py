@@ -79,6 +79,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # extras chosen from this machine's measured pass costs instead of the fixed rule (calls of at most 4 texts)
     "padellm_auto_extras": {"small_batch": 0},
 }
+# every method the benchmark runs: the presets, the paper's procedure and the two autoregressive baselines
+# (here, not in benchmark.py, so the command line lists them without importing spaCy)
+METHODS = (*PRESETS, "padellm_reference", "autoreg_struct", "autoreg_aug")
 
 POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", "kv_budget_mb"}
 UPPER = {"count_guesses": MAX_GUESSED_COUNT}

@@ -103,6 +103,20 @@ def test_ray_stays_optional(tiny_llama):
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **ENV}, timeout=300)
 
 
+def test_the_ray_driver_loads_neither_spacy_nor_torch():
+    """`apply --backend ray` (Parquet output) parses, scans and drives without spaCy or torch: the actors
+    load them, and the driver's imports would take the cores they start on."""
+    code = ("import sys\n"
+            "from spacy_padellm.cli import build_parser\n"
+            "import spacy_padellm.apply, spacy_padellm.apply_ray, spacy_padellm.distributed\n"
+            "build_parser().parse_args(['apply', 'p', 'in.jsonl', 'out', '--backend', 'ray'])\n"
+            "heavy = [m for m in ('spacy', 'torch', 'transformers') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "from spacy_padellm import PaDeLLMNER, DEFAULT_CONFIG\n"  # still importable, on first use
+            "assert 'spacy' in sys.modules and DEFAULT_CONFIG\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def test_add_apply_parser():
     parser = argparse.ArgumentParser()
     add_apply_parser(parser.add_subparsers(dest="command", required=True))
