@@ -104,8 +104,9 @@ def test_ray_stays_optional(tiny_llama):
 
 
 def test_the_ray_driver_loads_neither_spacy_nor_torch():
-    """`apply --backend ray` (Parquet output) parses, scans and drives without spaCy or torch: the actors
-    load them, and the driver's imports would take the cores they start on."""
+    """The `apply --backend ray` driver's modules and its command line import neither spaCy nor torch (the
+    actors load them; the driver's imports would take the cores they start on), and the component's names
+    still import from the package, on first use."""
     code = ("import sys\n"
             "from spacy_padellm.cli import build_parser\n"
             "import spacy_padellm.apply, spacy_padellm.apply_ray, spacy_padellm.distributed\n"
