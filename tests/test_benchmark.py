@@ -99,3 +99,24 @@ def test_spacy_benchmark_speed_runs_on_a_pipeline_with_the_component(tmp_path, n
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "words/s" in proc.stdout.replace("Words/s", "words/s") or "WPS" in proc.stdout
+
+
+def test_the_floor_times_every_layers_own_weights(tiny_llama, monkeypatch):
+    """gemm_rate makes weights for each of the model's layers (one layer's, called over and over, stay in the
+    CPU's caches and give a rate no real pass reaches), and counts their FLOPs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from spacy_padellm.engine import floor
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    made = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: made.append(a) or real(*a, **k))
+    rate = floor.gemm_rate(model, torch.float32, tokens=4, seconds=0.05)
+    shapes = floor.linear_shapes(model)
+    weights = [a for a in made if len(a) == 2 and a != (4, a[1])]
+    assert len(weights) == model.config.num_hidden_layers * len(shapes) and rate > 0
+    made.clear()
+    floor.gemm_rate(model, torch.float32, tokens=4, seconds=0.05, layers=1)
+    assert len([a for a in made if len(a) == 2 and a != (4, a[1])]) == len(shapes)
