@@ -70,7 +70,6 @@ TRAIN_FLAG_TYPES: Dict[str, Callable[[str], Any]] = {
     "lora_r": int, "lora_alpha": int, "lora_dropout": float, "target_modules": str, "lora_first_layer": int,
     "lr": float, "warmup_steps": int, "min_lr_ratio": float, "weight_decay": float, "grad_clip": float,
     "count_weight": float, "marker_weight": float, "mention_weight": float, "eos_weight": float,
-    "empty_slot_weight": float,
     "epochs": float, "max_steps": int, "row_tokens": int, "rows_per_step": int, "bf16": str, "threads": int,
     "seed": int,
     "log_every": int, "checkpoint_every": int, "checkpoint_minutes": float, "eval_every": int, "eval_docs": int,

@@ -38,8 +38,6 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     **PIPE_SETTINGS,  # settings.py: the pipe's own settings ...
     **DecodeSettings().to_config(),  # ... and the decoding ones, with their one set of defaults
     "count_bias": None,  # None: the adapter's tuned value, else 0 (DecodeSettings.count_bias)
-    "empty_slots": None,  # None: on where the adapter was trained with empty slots (DecodeSettings.empty_slots)
-    "beyond_ratio": None,  # None: the adapter's tuned value, else DecodeSettings' default
 }
 # the settings kept in PaDeLLMNER.cfg (the rest live in their own attributes)
 PIPE_DEFAULTS = {k: v for k, v in DEFAULT_CONFIG.items() if k not in ("adapter", "labels", "template", "label_words",
@@ -60,8 +58,8 @@ def make_padellm_ner(nlp: Language, name: str, model: str, adapter: Optional[str
                      chunk_tokens: int, split_count: int, all_occurrences: bool, kv_budget_mb: int, batch_tokens: int,
                      span_getter: Optional[Callable[[List[Doc]], List[List[Span]]]], speculate: int,
                      tree: bool, count_guesses: int, count_bias: Optional[float], small_batch: int,
-                     mentions_from_text: bool, overwrite_ents: bool, threads: int, lean_forward: bool,
-                     empty_slots: Optional[bool], beyond_ratio: Optional[float]) -> "PaDeLLMNER":
+                     mentions_from_text: bool, overwrite_ents: bool, threads: int, lean_forward: bool
+                     ) -> "PaDeLLMNER":
     settings = {k: v for k, v in locals().items() if k in PIPE_DEFAULTS and k != "model"}
     return PaDeLLMNER(nlp.vocab, name, model=model, adapter=adapter, labels=labels, template=template,
                       label_words=label_words, span_getter=span_getter, **settings)
@@ -201,12 +199,8 @@ class PaDeLLMNER(PipeStorage, Pipe):
 
     @property
     def decode_settings(self) -> DecodeSettings:
-        """The engine's settings: this pipe's config, with a null count_bias resolved (count_bias) and the
-        other nullable ones (empty_slots, beyond_ratio) taken from the adapter's padellm.json."""
-        from .engine.loading import read_adapter_meta
-
-        adapter = read_adapter_meta(self.adapter).get("decode", {}) if self.adapter is not None else {}
-        return decode_settings(self.cfg, self.count_bias, adapter)
+        """The engine's settings: this pipe's config, with a null count_bias resolved (count_bias)."""
+        return decode_settings(self.cfg, self.count_bias)
 
     def set_engine(self, engine: Engine) -> None:
         """Decode with `engine` (anything with `predict(texts, labels, max_counts) -> [DocPrediction]`)

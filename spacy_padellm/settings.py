@@ -30,12 +30,6 @@ class DecodeSettings:
     # mention tokens constrained to word-aligned substrings of the text (+1.27 string F1 on all of CoNLL-2003
     # dev with the shipped adapter); false: the paper's plain greedy decoding
     mentions_from_text: bool = True
-    # For adapters trained with empty slots (training/examples.py; the component takes both from the
-    # adapter's padellm.json where its config says null): a slot that comes out empty drops out of the count,
-    # and where the model nearly said one more (p(c + 1) / p(c) >= beyond_ratio at the first count token),
-    # slot c + 1 is decoded under count c + 1 and kept if it is not empty (engine/slots.py).
-    empty_slots: bool = False
-    beyond_ratio: float = 0.1
     kv_budget_mb: int = 256  # most MB of key/value cache materialised for one batch of rows
     lean_forward: bool = True  # Llama models run our own forward pass (engine/lean.py); same output, faster
 
@@ -44,9 +38,6 @@ class DecodeSettings:
         for f in fields(self):
             check_setting(f.name, getattr(self, f.name), defaults[f.name].default)
         object.__setattr__(self, "count_bias", float(self.count_bias or 0.0))  # null: no bias
-        object.__setattr__(self, "empty_slots", bool(self.empty_slots))  # null: off
-        object.__setattr__(self, "beyond_ratio", float(defaults["beyond_ratio"].default if self.beyond_ratio is None
-                                                       else self.beyond_ratio))
 
     def replace(self, **changes: Any) -> "DecodeSettings":
         return replace(self, **changes)
@@ -81,8 +72,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
     # float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX)
     "padellm_fp32": {"dtype": "float32"},
-    # the paper's plain procedure (no substring constraint, no empty slots): the same output as padellm_reference
-    "padellm_plain": {"mentions_from_text": False, "empty_slots": False},
+    # the paper's plain greedy mentions (no substring constraint): the same output as padellm_reference
+    "padellm_plain": {"mentions_from_text": False},
     # transformers' own forward pass instead of engine/lean.py (same output: the benchmark checks it)
     "padellm_hf": {"lean_forward": False},
     # extras chosen from this machine's measured pass costs instead of the fixed rule (calls of at most 4 texts)
@@ -96,23 +87,19 @@ POSITIVE = {"batch_size", "max_new_tokens", "max_chunk_tokens", "batch_tokens", 
 UPPER = {"count_guesses": MAX_GUESSED_COUNT}
 NOTES = {"threads": " (0: the cores this process may use)", "split_count": " (0: never split)",
          "small_batch": " (0: chosen from this machine's pass costs)"}
-NUMBERS = {"count_bias", "beyond_ratio"}  # ints or floats
-NON_NEGATIVE = {"beyond_ratio"}
-NULLABLE = {"count_bias", "empty_slots", "beyond_ratio"}  # the component's null: the adapter's value
-ADAPTER_DECODE = ("count_bias", "empty_slots", "beyond_ratio")  # nullable: from the adapter's padellm.json
+NUMBERS = {"count_bias"}  # ints or floats
+NULLABLE = {"count_bias"}  # the component's null: the adapter's tuned value
 
 
 def check_setting(key: str, value: Any, default: Any) -> None:
     """E010 for a setting of the wrong kind or range; the kind is that of `default`."""
     if key in ("model", "device"):
         return  # checked where they are resolved
-    if value is None and key in NULLABLE:
-        return
     if key in NUMBERS:
+        if value is None and key in NULLABLE:
+            return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a number or null"))
-        if key in NON_NEGATIVE and not value >= 0:
-            raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a number from 0, or null"))
     elif key == "dtype" and value not in ("auto", "float32", "bfloat16"):
         raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="use auto, float32 or bfloat16"))
     elif isinstance(default, bool):
@@ -127,15 +114,10 @@ def check_setting(key: str, value: Any, default: Any) -> None:
         raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a non-empty string"))
 
 
-def decode_settings(config: Dict[str, Any], count_bias: Optional[float] = None,
-                    adapter: Optional[Dict[str, Any]] = None) -> DecodeSettings:
-    """The DecodeSettings of a component config (its other keys ignored). A null ADAPTER_DECODE setting
-    takes the value in `adapter` (an adapter's padellm.json "decode" section), else its default;
-    `count_bias` overrides the config's."""
+def decode_settings(config: Dict[str, Any], count_bias: Optional[float] = None) -> DecodeSettings:
+    """The DecodeSettings of a component config (its other keys ignored); `count_bias` overrides the
+    config's (the component resolves a null one to the adapter's tuned value)."""
     values = {k: config[k] for k in DECODE_KEYS if k in config}
-    for key in ADAPTER_DECODE:
-        if values.get(key) is None and adapter and adapter.get(key) is not None:
-            values[key] = adapter[key]
     if count_bias is not None:
         values["count_bias"] = count_bias
-    return DecodeSettings(**values)  # a null left here becomes the default there
+    return DecodeSettings(**values)  # a null count_bias becomes 0.0 there

@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from spacy_padellm.prompts import get_template, special_prefix
 from spacy_padellm.training.config import TrainConfig
-from spacy_padellm.training.examples import (COUNT, EMPTY, EOS, MARKER, MENTION, VOID, doc_examples, encode_example,
-                                             part_weights)
+from spacy_padellm.training.examples import COUNT, EOS, MARKER, MENTION, doc_examples, encode_example
 from spacy_padellm.training.loop import lr_at, spread, train
 from spacy_padellm.training.packing import collate, pack_examples, packed_loss
 
@@ -60,27 +59,6 @@ def test_loss_weights_weigh_each_part(encoded, tiny_llama):
     weighted = packed_loss(model, collate([[pack_examples(encoded, weights)]], pad_id=0)).item()
     expected = sum(w * sums[p] for p, w in enumerate(weights)) / sum(w * counts[p] for p, w in enumerate(weights))
     assert weighted == pytest.approx(expected, rel=1e-5)
-
-
-def test_empty_slots_ask_for_the_slot_beyond_the_last_mention_and_supervise_its_eos_only(tokenizer):
-    nlp = spacy.blank("en")
-    doc = nlp.make_doc('Ada met "Bob" in Paris .')
-    doc.ents = [Span(doc, 0, 1, "PER"), Span(doc, 3, 4, "PER"), Span(doc, 6, 7, "LOC")]
-    template, bos = get_template("en"), special_prefix(tokenizer)
-    plain = doc_examples(doc, ["PER", "LOC", "ORG"], template)
-    examples = doc_examples(doc, ["PER", "LOC", "ORG"], template, empty_slot=True)
-    empty = [e for e in examples if e.empty]
-    assert [e for e in examples if not e.empty] == plain
-    assert [e.target for e in empty] == ["3\n<mention 3>", "2\n<mention 2>", "1\n<mention 1>"]
-    for ex in (encode_example(tokenizer, e, bos) for e in empty):
-        assert ex.parts[-1] == EMPTY and set(ex.parts[:-1]) == {VOID} and ex.ids[-1] == tokenizer.eos_token_id
-    cfg = TrainConfig(count_weight=2.0, marker_weight=0.0, empty_slot_weight=0.5)
-    with_empty = pack_examples([encode_example(tokenizer, e, bos) for e in examples], part_weights(cfg))
-    without = pack_examples([encode_example(tokenizer, e, bos) for e in plain], part_weights(cfg))
-    # the plain pairs are unchanged; each label adds one pair (its empty slot's EOS), nothing for VOID or markers
-    extra = len(with_empty.loss_weights) - len(without.loss_weights)
-    assert extra == 3 and with_empty.loss_weights[-1] == 0.5 and with_empty.loss_targets[-1] == tokenizer.eos_token_id
-    assert 0.0 not in with_empty.loss_weights
 
 
 def test_spread_sample_covers_dev_and_misses_every_kth():

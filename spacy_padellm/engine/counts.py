@@ -53,16 +53,6 @@ class CountVocabulary:
             return logits
         return logits - bias * self.zero_count[: logits.shape[1]].to(logits.dtype)
 
-    def next_ratios(self, logits: torch.Tensor, chosen: Sequence[int]) -> List[float]:
-        """Per row, p(one more) / p(chosen) at the first count token: how nearly the model said a count one
-        higher than the `chosen` token's (a non-digit is a count of 0; 0.0 where c + 1 is no single token)."""
-        probs = torch.softmax(logits.float().masked_fill(~self.allowed[: logits.shape[1]], float("-inf")), dim=-1)
-        out = []
-        for row, tok in enumerate(chosen):
-            nxt = self.digit_token.get(str(self.value(tok) + 1 if tok in self.digit_ids else 1))
-            out.append(0.0 if nxt is None else float(probs[row, nxt] / probs[row, tok].clamp_min(1e-30)))
-        return out
-
     def goes_on(self, digits: Sequence[int]) -> bool:
         """Whether a count of these digits may take another one."""
         return len(digits) < MAX_COUNT_DIGITS and digits[0] != self.zero_id

@@ -25,7 +25,6 @@ from .greedy import Greedy
 from .parts import Call, Parts
 from .row_path import count_step, mention_step, requests_of
 from .runner import Meter, Runner
-from .slots import beyond_requests, settle
 from .tree_path import tree_step
 
 __all__ = ["Decoder", "DocPrediction", "DocStats", "MentionPrediction", "output_sequences", "kv_bytes_per_token"]
@@ -45,8 +44,7 @@ class Decoder:
         self.runner = Runner(model, tokenizer, meter, lean=self.settings.lean_forward)
         self.counts = CountVocabulary(self.runner, template)
         self.tree = self.settings.tree and takes_4d_mask(model)  # tree-shaped passes where the family allows
-        greedy = Greedy(self.runner, self.settings.max_new_tokens, self.settings.mentions_from_text,
-                        allow_empty=self.settings.empty_slots)
+        greedy = Greedy(self.runner, self.settings.max_new_tokens, self.settings.mentions_from_text)
         self.extras = Extras(model, self.runner.lean, self.settings.small_batch, self.settings.speculate,
                              self.runner.meter)
         if not self.settings.small_batch:
@@ -110,14 +108,10 @@ class Decoder:
         if self.tree:
             counts, raw, mentions = tree_step(self.parts, call)
         else:
-            counts, raw, label_state, label_rows, ratios = count_step(self.parts, call)
+            counts, raw, label_state, label_rows = count_step(self.parts, call)
             requests = requests_of(call, label_rows, counts, list(range(len(label_rows))))
-            if self.settings.empty_slots:
-                requests += beyond_requests(call, label_rows, counts, ratios, self.settings.beyond_ratio)
             mentions = mention_step(self.parts, call, label_state, requests)
         self.extras.saw_counts(counts)
-        if self.settings.empty_slots:
-            counts = settle(call, counts, mentions)
         n = len(call.labels)
         out = []
         for d, stats in enumerate(call.stats):  # label rows are doc-major: row d * n + j

@@ -56,11 +56,9 @@ class CopyProposer:
 class Greedy:
     """Greedy decoding with one model: `prefill_and_decode` from prompts, `decode` from cached prompts."""
 
-    def __init__(self, runner: Runner, max_new_tokens: int, substrings: bool = False,
-                 allow_empty: bool = False) -> None:
+    def __init__(self, runner: Runner, max_new_tokens: int, substrings: bool = False) -> None:
         self.runner = runner
         self.max_new_tokens = max_new_tokens
-        self.allow_empty = allow_empty  # the substring constraint lets a row end before its first token
         self.proposer = CopyProposer(runner.tokenizer)
         self.substrings = Substrings(runner.tokenizer) if substrings else None
         self.extras: Optional[Extras] = None  # set: speculation is chosen per pass from the pass cost
@@ -80,8 +78,7 @@ class Greedy:
         """Rows whose prompts are in `state` and whose next-token logits are `logits` [rows, vocab];
         `sources` enable copy-speculation (`speculate` tokens per pass), `texts` the substring constraint."""
         rows = [Row(d, sources[i] if sources is not None else (),
-                    self.substrings.for_text(texts[i], self.allow_empty) if self.substrings and texts is not None
-                    else None)
+                    self.substrings.for_text(texts[i]) if self.substrings and texts is not None else None)
                 for i, d in enumerate(docs)]
         batch = RowBatch(list(rows), state)
         pending = logits[:, None, :]  # [rows, positions, vocab]: next-token logits after each fed token

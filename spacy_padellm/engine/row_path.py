@@ -26,10 +26,9 @@ def doc_prefix_len(prompts: List[List[int]]) -> int:
     return n
 
 
-def count_step(parts: Parts, call: Call) -> Tuple[List[int], List[str], KVState, List[LabelRow], List[float]]:
+def count_step(parts: Parts, call: Call) -> Tuple[List[int], List[str], KVState, List[LabelRow]]:
     """Counts and raw count strings per label row (doc-major), the label rows' cache holding exactly their
-    prompts (mention rows start from it), (doc, label) per row, and p(one more) / p(this count) per row
-    where empty slots are on (else [])."""
+    prompts (mention rows start from it), and (doc, label) per row."""
     runner, docs = parts.runner, list(range(len(call.texts)))
     prefix = [doc_prefix_len(call.prompts[d]) for d in docs]
     _, doc_state = runner.forward(None, [call.prompts[d][0][: prefix[d]] for d in docs], docs, call.stats,
@@ -41,10 +40,9 @@ def count_step(parts: Parts, call: Call) -> Tuple[List[int], List[str], KVState,
                                          stage="prompt", prompt=True)
     digits: List[List[int]] = [[] for _ in label_rows]
     first = parts.counts.bias_first(logits, parts.settings.count_bias)
-    ratios = parts.counts.next_ratios(first, parts.counts.next_tokens(first)) if parts.settings.empty_slots else []
     count_loop(runner, parts.counts, first, label_state, list(range(len(label_rows))), digits, row_docs, call.stats)
     counts, raw = parts.counts.parse(digits)
-    return counts, raw, label_state, label_rows, ratios
+    return counts, raw, label_state, label_rows
 
 
 def requests_of(call: Call, label_rows: List[LabelRow], counts: List[int], rows: List[int]) -> List[Request]:

@@ -115,9 +115,8 @@ def word_bounds(text: str) -> Tuple[List[int], set]:
 class SubstringConstraint:
     """The allowed next tokens of one mention row, advanced token by token."""
 
-    def __init__(self, vocab: TokenBytes, text: str, allow_empty: bool = False) -> None:
+    def __init__(self, vocab: TokenBytes, text: str) -> None:
         self.vocab = vocab
-        self.allow_empty = allow_empty  # EOS before any token: an empty slot (DecodeSettings.empty_slots)
         self.data = text.encode("utf8")
         self.matches, self.ends = word_bounds(text)  # occurrences of the mention so far: start offsets
         self.length = 0  # bytes of the mention so far
@@ -127,8 +126,7 @@ class SubstringConstraint:
         tokens: set = set()
         for start in self.matches:
             self.vocab.prefixes_of(self.data, start + self.length, tokens)
-        eos = (self.allow_empty if self.length == 0
-               else any(start + self.length in self.ends for start in self.matches))
+        eos = self.length > 0 and any(start + self.length in self.ends for start in self.matches)
         return sorted(tokens), eos
 
     def advance(self, token: int) -> None:
@@ -163,7 +161,7 @@ class Substrings:
         self.tokenizer = tokenizer
         self._vocab: Optional[TokenBytes] = None
 
-    def for_text(self, text: str, allow_empty: bool = False) -> SubstringConstraint:
+    def for_text(self, text: str) -> SubstringConstraint:
         if self._vocab is None:
             self._vocab = TokenBytes(self.tokenizer)
-        return SubstringConstraint(self._vocab, text, allow_empty)
+        return SubstringConstraint(self._vocab, text)

@@ -12,7 +12,7 @@ label only. Both paths give the same tokens as plain greedy decoding of each seq
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -24,7 +24,6 @@ from .kv import KVState, TreeState
 from .parts import Call, Parts
 from .row_path import LabelRow, mention_step, requests_of, sort_mentions
 from .rows import MAX_ROWS_PER_PASS
-from .slots import beyond_requests
 from .tree import Trie
 
 Key = Tuple[int, ...]  # (label,), (label, guessed count) or (label, guessed count, k): a sequence of a doc trie
@@ -77,15 +76,13 @@ class Ready:
         self.logits: List[torch.Tensor] = []
         self.keys: List[Tuple[int, int, int]] = []  # (doc, label index, k)
         self.sources: List[Sequence[int]] = []
-        self.beyond: List[bool] = []  # a slot beyond its label's count (engine/slots.py)
 
     def add(self, doc: int, label: int, k: int, logits: torch.Tensor, source: Sequence[int],
-            branch: Tuple[TreeState, int, int, List[int]], beyond: bool = False) -> None:
+            branch: Tuple[TreeState, int, int, List[int]]) -> None:
         self.keys.append((doc, label, k))
         self.logits.append(logits)
         self.sources.append(source)
         self.branches.append(branch)
-        self.beyond.append(beyond)
 
     def state(self, rows: Sequence[int]) -> KVState:
         """The cache of `rows`: one branch() per run of rows from the same tree state, concatenated."""
@@ -101,10 +98,7 @@ class Ready:
                 run = [r]
         return KVState.cat(parts)
 
-    def decode(self, parts: Parts, call: Call, out: List[List[MentionPrediction]],
-               beyond: List[Tuple[int, int, MentionPrediction]]) -> None:
-        """Decode every row: a slot of its label's count joins `out[doc]`, a slot beyond it `beyond` as
-        (doc, label index, mention), kept by the caller once the count is final."""
+    def decode(self, parts: Parts, call: Call, out: List[List[MentionPrediction]]) -> None:
         if not self.keys:
             return
         logits = torch.stack(self.logits)
@@ -114,65 +108,31 @@ class Ready:
             decoded = parts.greedy.decode(self.state(rows), logits[rows], [k[0] for k in keys], call.stats,
                                           [self.sources[r] for r in rows], [call.texts[k[0]] for k in keys],
                                           call.speculate)
-            for r, (d, j, k), (ids, logprob, done) in zip(rows, keys, decoded):
-                pred = MentionPrediction(call.labels[j], k, parts.runner.text_of(ids), logprob, len(ids), done)
-                if self.beyond[r]:
-                    beyond.append((d, j, pred))
-                else:
-                    out[d].append(pred)
+            for (d, j, k), (ids, logprob, done) in zip(keys, decoded):
+                out[d].append(MentionPrediction(call.labels[j], k, parts.runner.text_of(ids), logprob, len(ids), done))
 
 
 def tree_step(parts: Parts, call: Call) -> Tuple[List[int], List[str], List[List[MentionPrediction]]]:
     """Counts (and raw count strings) per (doc, label) row, doc-major, and mentions per doc."""
     trees = first_pass(parts, call)
-    digits, open_rows, verified, ratios = first_digits(parts, call, trees)
+    digits, open_rows, verified = first_digits(parts, call, trees)
     ready = Ready()
-    # empty slots: the rows whose slot beyond the count is decoded, and those whose beyond slot rides along
-    # in pass 1 (a count guess) or pass 2 (beside its own slots) instead of a later mention step
-    gated = {r for r, ratio in enumerate(ratios) if ratio >= parts.settings.beyond_ratio}
-    scheduled: Set[int] = set()
     if verified:
-        verify_guesses(parts, call, trees, verified, digits, ready, gated, scheduled)
+        verify_guesses(parts, call, trees, verified, digits, ready)
     fallback = [r for r in verified if len(digits[r]) > 1]
-    zeros = [r for r in sorted(gated) if not digits[r] or digits[r][0] == parts.counts.zero_id]
-    second = sorted(open_rows + beyond_from_guesses(call, trees, zeros, ready, scheduled))
-    label_state = LabelRows(trees) if second or fallback else None  # cut from the doc tree on demand
-    for group in groups(parts, call, trees.label_rows, second, digits):
-        fallback += mention_tree(parts, call, trees.label_rows, label_state, group, digits, ready, gated, scheduled)
+    label_state = LabelRows(trees) if open_rows or fallback else None  # cut from the doc tree on demand
+    for group in groups(parts, call, trees.label_rows, open_rows, digits):
+        fallback += mention_tree(parts, call, trees.label_rows, label_state, group, digits, ready)
     mentions: List[List[MentionPrediction]] = [[] for _ in call.texts]
-    beyond: List[Tuple[int, int, MentionPrediction]] = []
-    ready.decode(parts, call, mentions, beyond)
+    ready.decode(parts, call, mentions)
     counts, raw = parts.counts.parse(digits)
-    n = len(call.labels)
-    for d, j, pred in beyond:  # kept where the count it was decoded for is the final one
-        if call.cap(d, counts[d * n + j]) + 1 == pred.k:
-            mentions[d].append(pred)
     requests = requests_of(call, trees.label_rows, counts, fallback)
-    late = [float("-inf") if r in scheduled else ratio for r, ratio in enumerate(ratios)]
-    requests += beyond_requests(call, trees.label_rows, counts, late, parts.settings.beyond_ratio)
     if requests:
-        label_state = label_state or LabelRows(trees)
         for d, preds in enumerate(mention_step(parts, call, label_state, requests)):
             mentions[d].extend(preds)
     for preds in mentions:
         sort_mentions(preds, call.labels)
     return counts, raw, mentions
-
-
-def beyond_from_guesses(call: Call, trees: DocTrees, zeros: List[int], ready: Ready, scheduled: Set[int]
-                        ) -> List[int]:
-    """Rows with a count of 0 whose slot 1 under count 1 pass 1 holds (a count guess) join `ready`; the
-    rest are returned for pass 2."""
-    rest = []
-    for r in zeros:
-        d, j = trees.label_rows[r]
-        if (j, 1, 1) in trees.layouts[d] and call.max_counts[d] >= 1:
-            ready.add(d, j, 1, trees.logits_of(d, (j, 1, 1)), call.prompts[d][j],
-                      (trees.tree, d, 0, trees.path(d, (j, 1, 1))), beyond=True)
-            scheduled.add(r)
-        elif call.max_counts[d] >= 1:
-            rest.append(r)
-    return rest
 
 
 def first_pass(parts: Parts, call: Call) -> DocTrees:
@@ -198,16 +158,12 @@ def first_pass(parts: Parts, call: Call) -> DocTrees:
     return DocTrees(tries, layouts, logits, tree, label_rows)
 
 
-def first_digits(parts: Parts, call: Call, trees: DocTrees
-                 ) -> Tuple[List[List[int]], List[int], List[int], List[float]]:
+def first_digits(parts: Parts, call: Call, trees: DocTrees) -> Tuple[List[List[int]], List[int], List[int]]:
     """Each label row's first count token: (digits per row, rows whose count is open, rows whose count
-    was guessed in pass 1, p(one more) / p(this count) per row where empty slots are on, else []). A 0
-    (or no digit) ends the count."""
+    was guessed in pass 1). A 0 (or no digit) ends the count."""
     vocab = parts.counts
-    logits = vocab.bias_first(torch.stack([trees.logits_of(d, (j,)) for d, j in trees.label_rows]),
-                              parts.settings.count_bias)
-    first = vocab.next_tokens(logits)
-    ratios = vocab.next_ratios(logits, first) if parts.settings.empty_slots else []
+    first = vocab.next_tokens(vocab.bias_first(torch.stack([trees.logits_of(d, (j,)) for d, j in trees.label_rows]),
+                                               parts.settings.count_bias))
     digits: List[List[int]] = [[] for _ in trees.label_rows]
     open_rows, verified = [], []
     for r, tok in enumerate(first):
@@ -220,14 +176,13 @@ def first_digits(parts: Parts, call: Call, trees: DocTrees
             continue
         guessed = (j, vocab.value(tok)) in trees.layouts[d] and vocab.digit_token.get(vocab.digit_ids[tok]) == tok
         (verified if guessed else open_rows).append(r)
-    return digits, open_rows, verified, ratios
+    return digits, open_rows, verified
 
 
 def verify_guesses(parts: Parts, call: Call, trees: DocTrees, verified: List[int], digits: List[List[int]],
-                   ready: Ready, gated: Set[int], scheduled: Set[int]) -> None:
+                   ready: Ready) -> None:
     """Rows whose count was guessed: pass 1 already holds their count's end and their mentions' first
-    tokens. Confirmed mentions join `ready` (and a `gated` row's slot beyond its count, where pass 1 holds
-    it: `scheduled`); a count that goes on is continued digit by digit."""
+    tokens. Confirmed mentions join `ready`; a count that goes on is continued digit by digit."""
     keys = [(trees.label_rows[r][1], parts.counts.value(digits[r][0])) for r in verified]
     ends = parts.counts.next_tokens(torch.stack([trees.logits_of(trees.label_rows[r][0], key)
                                                  for r, key in zip(verified, keys)]))
@@ -243,12 +198,6 @@ def verify_guesses(parts: Parts, call: Call, trees: DocTrees, verified: List[int
         for k in range(1, key[1] + 1):
             ready.add(d, j, k, trees.logits_of(d, key + (k,)), call.prompts[d][j],
                       (trees.tree, d, 0, trees.path(d, key + (k,))))
-        c = call.cap(d, key[1])
-        beyond = (j, c + 1, c + 1)
-        if r in gated and c == key[1] and beyond in trees.layouts[d] and c + 1 <= call.max_counts[d]:
-            ready.add(d, j, c + 1, trees.logits_of(d, beyond), call.prompts[d][j],
-                      (trees.tree, d, 0, trees.path(d, beyond)), beyond=True)
-            scheduled.add(r)
     if going_on:
         row_docs = [d for d, _ in trees.label_rows]
         state = trees.tree.branch([row_docs[r] for r in going_on], [0] * len(going_on), going_paths)
@@ -261,7 +210,7 @@ def groups(parts: Parts, call: Call, label_rows: List[LabelRow], rows: List[int]
     out: List[List[int]] = []
     size = 0
     for r in rows:
-        n = call.cap(label_rows[r][0], first_count(parts, digits[r])) + 1
+        n = call.cap(label_rows[r][0], parts.counts.value(digits[r][0]))
         if not out or size + n > MAX_ROWS_PER_PASS:
             out.append([])
             size = 0
@@ -270,56 +219,35 @@ def groups(parts: Parts, call: Call, label_rows: List[LabelRow], rows: List[int]
     return out
 
 
-def first_count(parts: Parts, digits: List[int]) -> int:
-    """The count a row's first digit says (0: no digit, or "0")."""
-    return parts.counts.value(digits[0]) if digits else 0
-
-
 def mention_tree(parts: Parts, call: Call, label_rows: List[LabelRow], label_state: Any, group: List[int],
-                 digits: List[List[int]], ready: Ready, gated: Set[int], scheduled: Set[int]) -> List[int]:
-    """Pass 2 for label rows `group` (one-digit counts so far, or counts of 0 whose slot beyond is
-    decoded): one trie per row holding the count digit (to verify the count ends there), every mention
-    prompt, and for a `gated` row the prompt of slot c + 1 under count c + 1 (`scheduled`). Confirmed rows'
-    mentions join `ready`; rows whose count goes on are continued digit by digit and returned (their
-    mentions take the row path)."""
-    tries, bases, counts, verifies, beyonds = [], [], [], [], []
+                 digits: List[List[int]], ready: Ready) -> List[int]:
+    """Pass 2 for label rows `group` (one-digit counts so far): one trie per row holding the count digit
+    (to verify the count ends there) and every mention prompt. Confirmed rows' mentions join `ready`;
+    rows whose count goes on are continued digit by digit and returned (their mentions take the row path)."""
+    tries, bases, counts = [], [], []
     for r in group:
         d, j = label_rows[r]
-        c = call.cap(d, first_count(parts, digits[r]))
-        verify = c > 0  # a count of 0 is final: its row is here for its beyond slot only
-        seqs = [call.prompts[d][j] + [digits[r][0]]] if verify else []
+        c = call.cap(d, parts.counts.value(digits[r][0]))
+        seqs = [call.prompts[d][j] + [digits[r][0]]]
         seqs += [parts.mention_prompt(call.texts[d], call.labels[j], c, k) for k in range(1, c + 1)]
-        beyond = r in gated and c == first_count(parts, digits[r]) and c + 1 <= min(call.max_counts[d],
-                                                                                    MAX_GUESSED_COUNT)
-        if beyond:
-            seqs.append(parts.mention_prompt(call.texts[d], call.labels[j], c + 1, c + 1))
-            scheduled.add(r)
         base = min(min(common_prefix_len(q, call.prompts[d][j]) for q in seqs), min(len(q) for q in seqs) - 1)
         tries.append(Trie.of([q[base:] for q in seqs]))
         bases.append(base)
         counts.append(c)
-        verifies.append(verify)
-        beyonds.append(beyond)
     group_docs = [label_rows[r][0] for r in group]
     logits, tree = parts.runner.forward_tree(label_state.select(group, bases), tries, [t.ends for t in tries],
                                              group_docs, call.stats, "mention_prompt")
-    checked = [i for i, v in enumerate(verifies) if v]
-    ends = dict(zip(checked, parts.counts.next_tokens(torch.stack([logits[i][0] for i in checked])))) if checked \
-        else {}
+    ends = parts.counts.next_tokens(torch.stack([lg[0] for lg in logits]))
     going_on = []
-    for i, r in enumerate(group):
-        first = int(verifies[i])  # the sequence index of slot 1
-        if verifies[i]:
-            call.stats[group_docs[i]].generated_tokens += 1
-            if ends[i] in parts.counts.digit_ids:
-                digits[r].append(ends[i])
-                going_on.append(i)
-                continue
+    for i, (r, tok) in enumerate(zip(group, ends)):
+        call.stats[group_docs[i]].generated_tokens += 1
+        if tok in parts.counts.digit_ids:
+            digits[r].append(tok)
+            going_on.append(i)
+            continue
         d, j = label_rows[r]
-        for k in range(1, counts[i] + 1 + int(beyonds[i])):
-            s = first + k - 1
-            ready.add(d, j, k, logits[i][s], call.prompts[d][j], (tree, i, bases[i], tries[i].path(tries[i].ends[s])),
-                      beyond=k > counts[i])
+        for k in range(1, counts[i] + 1):
+            ready.add(d, j, k, logits[i][k], call.prompts[d][j], (tree, i, bases[i], tries[i].path(tries[i].ends[k])))
     if not going_on:
         return []
     rows = [group[i] for i in going_on]

@@ -53,10 +53,6 @@ class TrainConfig:
     marker_weight: float = opt(1.0, "loss weight of the '<mention k>' marker tokens")
     mention_weight: float = opt(1.0, "loss weight of the mention tokens")
     eos_weight: float = opt(1.0, "loss weight of the EOS token")
-    # issue 14: a count one too high, and the slot beyond the last mention must come out empty
-    # (training/examples.py); the decoder then checks counts with such slots (DecodeSettings.empty_slots).
-    empty_slot_weight: float = opt(0.0, "loss weight of empty slots: under a count one too high, the slot "
-                                        "beyond the last mention ends at once (0: off, the paper's recipe)")
     epochs: float = opt(1.0, "epochs of training data, may be fractional (max_steps wins when set)")
     max_steps: Optional[int] = opt(None, "total optimizer steps (0 or unset: from epochs)")
     # 1024 ran 25% slower than 512: the masks are L^2

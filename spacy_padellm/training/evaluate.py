@@ -2,7 +2,7 @@
 get), with the one evaluator (evaluation.py)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import torch
 from spacy.language import Language
@@ -14,9 +14,8 @@ from ..prompts import Template, as_template
 
 def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: Union[str, Template],
                    gold_docs: Sequence[Any], nlp: Language, batch_size: int = 64, max_new_tokens: int = 24,
-                   bf16: bool = False, decode: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """evaluation.metrics of `model` (plugged into a padellm_ner pipe) over `gold_docs`; `decode`: the
-    adapter's decoding settings (its padellm.json "decode"), as the component would read them."""
+                   bf16: bool = False) -> Dict[str, Any]:
+    """evaluation.metrics of `model` (plugged into a padellm_ner pipe) over `gold_docs`."""
     template = as_template(template)
     pipeline = Language(nlp.vocab)
     # adapter=None: the model being trained is plugged in below; the shipped adapter (the default) knows
@@ -26,7 +25,7 @@ def evaluate_model(model: Any, tokenizer: Any, labels: Sequence[str], template: 
     pipe = pipeline.add_pipe("padellm_ner", config={"labels": list(labels), "template": template.name,
                                                     "label_words": dict(template.label_words), "adapter": None,
                                                     "max_new_tokens": max_new_tokens, "device": "cpu",
-                                                    "threads": torch.get_num_threads(), **(decode or {})})
+                                                    "threads": torch.get_num_threads()})
     pipe.set_engine(Decoder(model, tokenizer, pipe.template, settings=pipe.decode_settings))
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return evaluate(pipeline_annotate(pipeline, batch_size), gold_docs, batch_size)

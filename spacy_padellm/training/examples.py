@@ -11,13 +11,6 @@ belongs to the later one. The parts: COUNT (the digits and the newline that ends
 both), MARKER (`<mention k>`: inference writes it into the prompt, the model never generates it), MENTION,
 EOS. The loss weighs each part separately (TrainConfig's `*_weight`): the marker is almost half of the
 supervised tokens, the count is the step that decides recall.
-
-Empty slots (`empty_slot=True`, TrainConfig's `empty_slot_weight`; issue 14): per document and label with
-g gold mentions, one more example whose prompt states a count one too high and asks for the slot beyond the
-last mention, `{g + 1}\n<mention {g + 1}>`, and whose target is EOS at once (an empty mention). Its count
-and marker are VOID (not supervised: the count is wrong on purpose), its EOS is EMPTY. A model trained so
-checks a count with its slots: a slot that comes out empty says the count was one too high, and the slot
-after the last one, under the next count, says whether the count was too low.
 """
 from __future__ import annotations
 
@@ -28,8 +21,8 @@ from spacy.tokens import Doc
 
 from ..prompts import Template, common_prefix_len, encode
 
-COUNT, MARKER, MENTION, EOS, VOID, EMPTY = 0, 1, 2, 3, 4, 5
-PART_NAMES = ("count", "marker", "mention", "eos", "void", "empty")
+COUNT, MARKER, MENTION, EOS = 0, 1, 2, 3
+PART_NAMES = ("count", "marker", "mention", "eos")
 
 
 @dataclass(frozen=True)
@@ -39,7 +32,6 @@ class Example:
     # character offsets in `target` where the marker and the mention begin; None: the whole target is one
     # part (MENTION), as for the autoregressive baselines' single sequence
     parts_at: Optional[Tuple[int, int]] = None
-    empty: bool = False  # an empty slot: only the final EOS is supervised (as EMPTY), the rest is VOID
 
 
 @dataclass(frozen=True)
@@ -49,7 +41,7 @@ class EncodedExample:
     parts: Tuple[int, ...] = ()  # one part per id in ids[n_prompt:]; empty: all MENTION
 
 
-def doc_examples(doc: Doc, labels: Sequence[str], template: Template, empty_slot: bool = False) -> List[Example]:
+def doc_examples(doc: Doc, labels: Sequence[str], template: Template) -> List[Example]:
     out: List[Example] = []
     for label in labels:
         mentions = [e.text for e in sorted(doc.ents, key=lambda e: e.start) if e.label_ == label]
@@ -61,10 +53,6 @@ def doc_examples(doc: Doc, labels: Sequence[str], template: Template, empty_slot
             target = template.target(len(mentions), k, mention)
             count_end = len(str(len(mentions))) + 1  # the newline that ends the count is read by the decoder
             out.append(Example(prompt, target, (count_end, len(target) - len(mention))))
-        if empty_slot:
-            beyond = len(mentions) + 1
-            target = template.target(beyond, beyond, "")
-            out.append(Example(prompt, target, (len(str(beyond)) + 1, len(target)), empty=True))
     return out
 
 
@@ -76,14 +64,10 @@ def encode_example(tokenizer: Any, example: Example, bos: Sequence[int] = ()) ->
         return EncodedExample(tuple(full), n_prompt)
     cuts = [common_prefix_len(encode(tokenizer, example.prompt + example.target[:at], bos), full)
             for at in example.parts_at]
-    if example.empty:
-        return EncodedExample(tuple(full), n_prompt, (VOID,) * (len(full) - 1 - n_prompt) + (EMPTY,))
     parts = [sum(i >= c for c in cuts) for i in range(n_prompt, len(full) - 1)] + [EOS]
     return EncodedExample(tuple(full), n_prompt, tuple(parts))
 
 
-def part_weights(cfg: Any) -> Tuple[float, ...]:
-    """The loss weight of each part, in part order, from a TrainConfig (or anything with its fields); VOID
-    weighs 0."""
-    return (float(cfg.count_weight), float(cfg.marker_weight), float(cfg.mention_weight), float(cfg.eos_weight),
-            0.0, float(getattr(cfg, "empty_slot_weight", 0.0)))
+def part_weights(cfg: Any) -> Tuple[float, float, float, float]:
+    """The loss weight of each part, in part order, from a TrainConfig (or anything with its fields)."""
+    return (float(cfg.count_weight), float(cfg.marker_weight), float(cfg.mention_weight), float(cfg.eos_weight))

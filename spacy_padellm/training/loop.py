@@ -29,11 +29,10 @@ LOG = "train_log.jsonl"
 
 
 def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, template: Union[str, Template],
-                row_tokens: int, fmt: str = "padellm", weights: Optional[Sequence[float]] = None,
-                empty_slot: bool = False) -> List[PackedTree]:
+                row_tokens: int, fmt: str = "padellm", weights: Optional[Sequence[float]] = None
+                ) -> List[PackedTree]:
     """One trie per document: PaDeLLM's label/mention branches, or a baseline's single sequence.
-    `weights`: the loss weight per target part (examples.PART_NAMES order); None: all 1. `empty_slot`: add
-    each label's empty slot (examples.doc_examples)."""
+    `weights`: the loss weight per target part (examples.PART_NAMES order); None: all 1."""
     from ..baselines.formats import FORMATS
 
     template = as_template(template)
@@ -43,7 +42,7 @@ def build_trees(docs: Sequence[Any], labels: Sequence[str], tokenizer: Any, temp
         if not doc.text.strip():
             continue
         if fmt == "padellm":
-            examples = doc_examples(doc, labels, template, empty_slot)
+            examples = doc_examples(doc, labels, template)
         else:
             prompt, build, _ = FORMATS[fmt]
             ents = [(e.start_char, e.end_char, e.label_) for e in doc.ents]
@@ -116,7 +115,7 @@ def start(cfg: TrainConfig) -> Run:
     model, tokenizer = load_base(resolve_model(cfg.model), torch.float32, "cpu")
     t0 = time.time()
     trees = build_trees(train_docs, labels, tokenizer, template, cfg.row_tokens, cfg.format,
-                        part_weights(cfg), empty_slot=cfg.empty_slot_weight > 0)
+                        part_weights(cfg))
     print(f"[train] {len(trees)} documents packed in {time.time() - t0:.1f}s; labels {labels}", flush=True)
 
     model = get_peft_model(model, lora_config(model, cfg))
@@ -125,8 +124,6 @@ def start(cfg: TrainConfig) -> Run:
     steps_per_epoch = len(epoch_steps(trees, cfg, 0))
     meta = {"labels": labels, "template": cfg.template, "label_words": dict(template.label_words),
             "format": cfg.format, "base_model": cfg.model, "config": cfg.to_dict()}
-    if cfg.empty_slot_weight > 0:  # the component decodes this adapter with empty slots (engine/slots.py)
-        meta["decode"] = {"empty_slots": True}
     run = Run(cfg, out, model, tokenizer, optimizer, params, trees, dev_docs, labels, nlp, use_bf16,
               steps_per_epoch, cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs)), meta)
     if (out / CHECKPOINT / "state.pt").is_file():
@@ -179,8 +176,7 @@ def evaluate(run: Run, docs: Sequence[Any]) -> Dict[str, Any]:
                                     batch_size=cfg.eval_batch_size, bf16=run.use_bf16)
         return evaluate_model(model.get_base_model(), run.tokenizer, run.labels,
                               get_template(cfg.template, cfg.label_words), docs, run.nlp,
-                              batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, bf16=run.use_bf16,
-                              decode=run.meta.get("decode"))
+                              batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens, bf16=run.use_bf16)
     finally:
         model.train()
 

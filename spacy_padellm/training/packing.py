@@ -47,13 +47,10 @@ def pack_examples(examples: Sequence[EncodedExample],
             node = insert(ids, parents, children, node, tok)
             path.append(node)
         for j in range(max(ex.n_prompt, 1), len(ex.ids)):
-            part = ex.parts[j - ex.n_prompt] if ex.parts and j >= ex.n_prompt else MENTION
-            weight = 1.0 if weights is None else float(weights[part])
-            if weight == 0.0:
-                continue  # weighs nothing in the weighted mean: no logits for it
             loss_nodes.append(path[j - 1])
             loss_targets.append(ex.ids[j])
-            loss_weights.append(weight)
+            part = ex.parts[j - ex.n_prompt] if ex.parts and j >= ex.n_prompt else MENTION
+            loss_weights.append(1.0 if weights is None else float(weights[part]))
     return PackedTree(ids, parents, depths(parents), loss_nodes, loss_targets, loss_weights)
 
 
