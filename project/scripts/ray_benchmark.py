@@ -77,7 +77,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--keep-outputs", action="store_true", help="keep the annotated OUTPUT folders")
     p.add_argument("--cpu-share", action="store_true",
                    help="sample every process's CPU time (cpu_share.py) and report it per process group, "
-                        "for the start-up and the steady state of each run")
+                        "for the start-up and the steady state of each run (the sampler's own wakeups slow the "
+                        "ray runs: time them without it, docs/RAY.md session 18)")
     return p.parse_args(argv)
 
 
