@@ -17,21 +17,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
+
+from default_lean import load_default_lean  # this folder
+from prepacked_linears import timed  # this folder: median ms of repeats after a warm-up
 
 SHAPES = {"1 row x 96 tokens": (1, 96, 0), "8 rows x 1 token, 90 cached": (8, 1, 90),
           "128 rows x 1 token, 80 cached": (128, 1, 80)}
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -41,20 +33,13 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    import spacy
     import torch
 
     from spacy_padellm.engine.floor import cpu_description
     from spacy_padellm.engine.kv import extend
     from spacy_padellm.engine.lean import LeanLlama
 
-    nlp = spacy.blank("en")
-    pipe = nlp.add_pipe("padellm_ner", config={"threads": args.threads})
-    list(nlp.pipe(["Paris is in France ."]))  # loads the model
-    runner = pipe.decoder.runner
-    model, lean = runner.model, runner.lean
-    if lean is None:
-        raise SystemExit("the default model does not run engine/lean.py here")
+    runner, model, lean = load_default_lean(args.threads)
 
     def inputs(rows: int, width: int, cached: int) -> Dict[str, Any]:
         past = None
@@ -87,7 +72,7 @@ def main() -> None:
 
     rows: List[Dict[str, Any]] = []
     for name in SHAPES:
-        rows.append({"shape": name, "eager_ms": 1000 * eager[name], "compiled_ms": 1000 * compiled[name],
+        rows.append({"shape": name, "eager_ms": eager[name], "compiled_ms": compiled[name],
                      "speedup": eager[name] / compiled[name], "max_abs_diff": diff[name]})
         r = rows[-1]
         print(f"{name:>32}: eager {r['eager_ms']:.1f} ms, compiled pieces {r['compiled_ms']:.1f} ms "

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+from default_lean import load_default_lean  # this folder
 from prepacked_linears import timed  # this folder: the same median-of-repeats timer
 
 
@@ -27,19 +28,12 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
-    import spacy
     import torch
 
     from spacy_padellm.engine.floor import cpu_description, flops
     from spacy_padellm.engine.kv import extend
 
-    nlp = spacy.blank("en")
-    pipe = nlp.add_pipe("padellm_ner", config={"threads": args.threads})
-    list(nlp.pipe(["Paris is in France ."]))  # loads the model
-    runner = pipe.decoder.runner
-    model, lean = runner.model, runner.lean
-    if lean is None:
-        raise SystemExit("the default model does not run engine/lean.py here")
+    runner, model, lean = load_default_lean(args.threads)
     hidden = model.config.hidden_size
     results: List[Dict[str, float]] = []
     with torch.inference_mode():
