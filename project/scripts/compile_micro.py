@@ -5,8 +5,8 @@ runs: one row of 96 tokens from nothing (a batch-1 first pass), 8 rows of one to
 batch-1 mention pass), 128 rows of one token after 80 cached (a batch-32 mention pass). Each is timed eager
 and with the elementwise pieces of every layer compiled by inductor (`dynamic=True`: the rows, widths and
 cache lengths change from pass to pass): the RMSNorms and the rotary embeddings. The matmuls and attention
-stay as they are. The compiled pass's hidden states are compared with the eager
-ones (max |difference|): a last-bit change can flip a greedy choice.
+stay as they are. The compiled pass's hidden states are compared with the eager ones (max |difference|): a
+last-bit change can flip a greedy choice.
 
     python project/scripts/compile_micro.py --threads 2 --out benchmarks/compile_micro.json
 """
