@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_padellm.engine.decoder import Decoder
-from spacy_padellm.engine.extras import Extras, PassCost
+from spacy_padellm.engine.extras import EXPLORE, RECENT, Extras, PassCost
 from spacy_padellm.engine.runner import Meter
 from spacy_padellm.prompts import get_template
 
@@ -87,12 +87,39 @@ def test_costs_are_measured_once(tiny_llama, monkeypatch):
     """All pass costs are timed together, at the first decision, and never again."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
     calls = []
-    original = PassCost.of.__func__
-    monkeypatch.setattr(PassCost, "of", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    original = PassCost.time_passes
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(PassCost, "time_passes", staticmethod(counted))
     extras = Extras(model, speculate_width=4)
     extras.guesses(1, docs=1, labels=4, prompt_tokens=64, guess_tokens=24)
-    assert set(extras.row_costs) == {1, 5} and len(calls) == 3  # the first pass, greedy passes of 1 and 5 tokens
+    assert set(extras.row_costs) == {1, 5} and calls == [3, 6]  # the first pass; greedy passes of 1 and 5 tokens
     for rows in (1, 3, 8, 40):
         extras.speculate(4, rows)
     extras.guesses(1, docs=2, labels=4, prompt_tokens=128, guess_tokens=48)
-    assert len(calls) == 3
+    assert calls == [3, 6]
+
+
+def test_real_passes_correct_a_wrong_calibration():
+    """A calibration that prices proposals far too high (run 22's: 38 ms for 5 tokens against 20 for one)
+    declines speculation; the passes that speculate to measure it show it is cheap, and it is chosen."""
+    wrong = {1: PassCost(((1, 0.020), (8, 0.026), (32, 0.040))), 5: PassCost(((1, 0.038), (8, 0.057), (32, 0.153)))}
+    extras = Extras(None, prompt_cost=CPU, row_costs=dict(wrong))
+    extras.accepted, extras.proposal_rows = 120.0, 100.0  # proposals gain 1.2 tokens a pass
+    assert extras.speculate(4, rows=1) == 0
+    chosen = []
+    for _ in range(3 * EXPLORE):
+        proposals = extras.speculate(4, rows=1)
+        chosen.append(proposals)
+        extras.saw_pass(1, proposals, 0.021 if proposals else 0.020)  # what the machine really takes
+    assert chosen[:EXPLORE - 2].count(4) == 0 and chosen[-EXPLORE:].count(4) == EXPLORE
+    # and a calibration too cheap for speculation is corrected the other way
+    extras = Extras(None, prompt_cost=CPU, row_costs={1: wrong[1], 5: wrong[1]})
+    extras.accepted, extras.proposal_rows = 10.0, 100.0  # proposals gain 0.1 tokens a pass
+    assert extras.speculate(4, rows=32) == 4
+    for _ in range(RECENT):
+        extras.saw_pass(32, 4, 0.080)
+    assert extras.speculate(4, rows=32) == 0

@@ -1,8 +1,8 @@
 """Batched count-then-mention decoding with the document prefix encoded once: `Decoder.predict`.
 
 The decoder picks the path (tree_path.py where the model family takes a 4D mask, else row_path.py) and
-the extras of the call (count guesses and copy-speculation for small calls), and assembles one
-DocPrediction per text. Every path gives the tokens plain greedy decoding of each sequence would; a
+the extras of the call (count guesses and copy-speculation, where engine/extras.py says they pay), and
+assembles one DocPrediction per text. Every path gives the tokens plain greedy decoding of each sequence would; a
 count is a canonical number, so a leading "0" ends it. Where each stage lives:
 
     runner.py  one counted, timed pass       counts.py  the count vocabulary and loop

@@ -8,9 +8,18 @@ weights, the per-op overhead) and one that does (compute). On the 2-core bf16 CP
 ~30 ms and 64 tokens ~100 ms, so extra tokens are nearly free in a small pass and full price in a large
 one; on a GPU they are nearly free up to thousands of tokens. A fixed "small call" threshold cannot know
 this. `PassCost` measures passes of the shapes the choice is about once (lazily, when first needed: a
-first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and without proposals) and
-interpolates; `Extras` weighs the tokens an extra adds against the passes it saves, with the rates at
-which it saved them in the calls decoded so far (count distribution, accepted proposals).
+first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and without proposals, on a
+prompt-sized cache and with the logits of every fed column, as the decoder runs them) and interpolates;
+`Extras` weighs the tokens an extra adds against the passes it saves, with the rates at which it saved them
+in the calls decoded so far (count distribution, accepted proposals).
+
+A calibration of a few passes can be wrong on its own: one slow repeat, or a kernel that is slow only in
+the calibration's shape, priced a 5-token pass at 38 ms against 20 ms for one token on an AVX512-BF16 EPYC
+(run 22), where the real mention passes cost no more than a one-token pass, so it never speculated and ran
+twice the passes of the fixed rule. So the timed repeats are interleaved (a slow moment slows every shape,
+not one) and the fastest is kept, and the greedy passes the decoder really runs correct the estimate: per
+kind (plain, speculating) the median ratio of their seconds to the calibration's (`saw_pass`). The passes
+that speculate to measure the acceptance rate (one in EXPLORE) keep the speculating kind's ratio measured.
 """
 from __future__ import annotations
 
@@ -23,6 +32,8 @@ import torch
 PROMPT_SIZES = (1, 16, 64)  # tokens of the timed first passes
 ROW_SIZES = (1, 8, 32)  # rows of the timed greedy passes
 EXPLORE = 16  # one greedy pass in this many speculates even when the estimate says it does not pay
+CACHE = 96  # cached tokens of the timed greedy passes: about a prompt (text and label) of a CoNLL sentence
+RECENT = 16  # real passes per kind whose ratio to the calibration corrects it (their median)
 
 
 @dataclass(frozen=True)
@@ -53,31 +64,48 @@ class PassCost:
 
     @classmethod
     def greedy_passes(cls, model: Any, lean: Any, widths: Sequence[int], sizes: Sequence[int] = ROW_SIZES,
-                      cache: int = 16) -> Dict[int, "PassCost"]:
-        """Per width: `size` rows of `width` tokens each on a `cache`-token cache, by size (rows with a
-        cache cost more than one row of as many tokens: attention and the per-row work)."""
+                      cache: int = CACHE) -> Dict[int, "PassCost"]:
+        """Per width: `size` rows of `width` tokens each on a `cache`-token cache, by size, with the logits of
+        all `width` columns (rows with a cache cost more than one row of as many tokens: attention and the
+        per-row work; a speculating pass scores every proposed column)."""
         from .kv import extend
 
-        _, one = extend(model, None, [[100 + i for i in range(cache)]], 0, lean=lean)
+        _, one = extend(model, None, [[100 + i % 100 for i in range(cache)]], 0, lean=lean)
         states = [one.select([0] * n) for n in sizes]
-        return {w: cls.of(model, lean, [(st, [[7] * w] * n) for st, n in zip(states, sizes)], sizes) for w in widths}
+        shapes = [(st, [[7] * w] * n, w) for w in widths for st, n in zip(states, sizes)]
+        times = cls.time_passes(model, lean, shapes)
+        return {w: cls.monotone(list(zip(sizes, times[i * len(sizes):(i + 1) * len(sizes)])))
+                for i, w in enumerate(widths)}
 
     @classmethod
     def of(cls, model: Any, lean: Any, passes: Sequence[Tuple[Any, List[List[int]]]], sizes: Sequence[int],
-           repeats: int = 2) -> "PassCost":
-        """The median time of each (state, segments) pass, after a warm-up, through the engine's pass."""
+           repeats: int = 3) -> "PassCost":
+        """The fastest of `repeats` timings of each (state, segments) pass, through the engine's pass."""
+        return cls.monotone(list(zip(sizes, cls.time_passes(model, lean, [(st, ids, 1) for st, ids in passes],
+                                                             repeats))))
+
+    @staticmethod
+    def time_passes(model: Any, lean: Any, shapes: Sequence[Tuple[Any, List[List[int]], int]],
+                    repeats: int = 3) -> List[float]:
+        """Seconds of each (state, segments, logit columns) pass: a warm-up of every shape, then `repeats`
+        rounds over all shapes in turn (a slow moment of the machine slows one round, not one shape), the
+        fastest kept (noise only ever adds time)."""
         from .kv import extend
 
-        points = []
-        for n, (state, ids) in zip(sizes, passes):
-            extend(model, state, ids, 0, lean=lean)
-            times = []
-            for _ in range(repeats):
+        for state, ids, n_logits in shapes:
+            extend(model, state, ids, 0, n_logits=n_logits, lean=lean)
+        best = [float("inf")] * len(shapes)
+        for _ in range(repeats):
+            for i, (state, ids, n_logits) in enumerate(shapes):
                 start = time.perf_counter()
-                extend(model, state, ids, 0, lean=lean)
-                times.append(time.perf_counter() - start)
-            points.append((n, sorted(times)[len(times) // 2]))
-        mono = [points[0]]  # a pass never costs less for more: noise must not make extras look free
+                extend(model, state, ids, 0, n_logits=n_logits, lean=lean)
+                best[i] = min(best[i], time.perf_counter() - start)
+        return best
+
+    @classmethod
+    def monotone(cls, points: List[Tuple[int, float]]) -> "PassCost":
+        """A pass never costs less for more: noise must not make extras look free."""
+        mono = [points[0]]
         for n, t in points[1:]:
             mono.append((n, max(t, mono[-1][1])))
         return cls(tuple(mono))
@@ -101,6 +129,8 @@ class Extras:
     proposal_rows: float = 2.0
     accepted: float = 2.0
     declined: int = 0  # greedy passes in a row without speculation (every EXPLORE-th speculates anyway)
+    # the last RECENT real greedy passes per kind (False: plain, True: speculating): seconds / calibration
+    ratios: Dict[bool, List[float]] = field(default_factory=lambda: {False: [], True: []})
 
     def first_pass_cost(self) -> PassCost:
         self.measure()
@@ -173,8 +203,8 @@ class Extras:
         (The fixed rule decides per call, in the decoder.)"""
         if wanted == 0:
             return 0
-        more = self.row_cost(1 + wanted).seconds(rows) - self.row_cost(1).seconds(rows)
-        plain = self.row_cost(1).seconds(rows)
+        plain = self.pass_seconds(rows, 0)
+        more = self.pass_seconds(rows, wanted) - plain
         gain = self.accepted / self.proposal_rows  # tokens a row's proposal gains per pass, on average
         use = gain / (1.0 + gain) * plain > more
         # a declined extra learns nothing: now and then speculate anyway, so its rate stays measured
@@ -184,6 +214,22 @@ class Extras:
             self.declined = 0
         self._count("speculation" if use else "speculation to measure it" if explore else "no speculation")
         return wanted if use or explore else 0
+
+    def pass_seconds(self, rows: int, proposals: int) -> float:
+        """A greedy pass of `rows` rows feeding 1 + `proposals` tokens each: the calibration, times the median
+        ratio of the real passes of its kind to it (1 before there are any)."""
+        seen = sorted(self.ratios[proposals > 0])
+        ratio = seen[len(seen) // 2] if seen else 1.0
+        return ratio * self.row_cost(1 + proposals).seconds(rows)
+
+    def saw_pass(self, rows: int, proposals: int, seconds: float) -> None:
+        """The decoder ran a greedy pass of `rows` rows, proposing up to `proposals` tokens per row (0: a
+        plain pass), in `seconds`: how far the calibration is off for passes of its kind."""
+        if rows <= 0 or seconds <= 0 or (proposals and proposals + 1 not in self.row_costs):
+            return
+        kind = self.ratios[proposals > 0]
+        kind.append(seconds / self.row_cost(1 + proposals).seconds(rows))
+        del kind[:-RECENT]
 
     def saw_proposal(self, accepted: int) -> None:
         """A row fed a proposal in the last pass and got `accepted` of its tokens."""

@@ -7,6 +7,7 @@ only passes are saved. A row may carry a constraint (substring.py): its logits t
 """
 from __future__ import annotations
 
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -108,8 +109,11 @@ class Greedy:
                 segments.append([row.ids[-1]] + row.proposal)
             batch = batch.select(keep, cached)
             width = max(len(seg) for seg in segments)
+            start = time.perf_counter()
             pending, state = self.runner.forward(batch.state, segments, batch.docs, stats, stage="mention",
                                                  n_logits=width)
+            if sources is not None and self.extras is not None:  # the real pass corrects the estimate
+                self.extras.saw_pass(len(segments), propose if width > 1 else 0, time.perf_counter() - start)
             batch = RowBatch(batch.rows, state)
             if width == 1:
                 pending = pending[:, None, :]
