@@ -1,5 +1,5 @@
 """The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check,
-count_calibration) and the speed scripts (linear_orientation, int8_weight_micro) on
+count_calibration, average_adapters) and the speed scripts (linear_orientation, int8_weight_micro) on
 hand-made predictions: the tables in docs/accuracy.md are only as right as these counts."""
 import sys
 from pathlib import Path
@@ -10,6 +10,7 @@ from spacy.tokens import Doc, Span
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "project" / "scripts"))  # after everything installed
 
+import average_adapters  # noqa: E402
 import count_calibration  # noqa: E402
 import count_check  # noqa: E402
 import count_probe  # noqa: E402
@@ -122,3 +123,29 @@ def test_cpu_share_counts_a_busy_process_in_its_group_and_window():
     during = sampler.share(before, after)
     assert 0.4 <= during.get("apply driver", 0.0) <= 1.0, during
     assert sampler.share(before - 0.3, before - 0.1).get("apply driver", 0.0) == 0.0
+
+
+def test_averaged_adapters_hold_the_mean_delta_exactly():
+    """The soup of two LoRA adapters is the mean of their deltas (scale * B @ A), not the LoRA of mean A and B;
+    with --rank, the truncated delta of this rank-3 mean is exact at rank 3 and not at rank 1."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    name = "base_model.model.model.layers.0.self_attn.q_proj"
+    adapters = []
+    for r, alpha in ((2, 4), (1, 8)):  # different ranks and scales (2 and 8)
+        weights = {name + ".lora_A.weight": torch.randn(r, 6, generator=gen),
+                   name + ".lora_B.weight": torch.randn(5, r, generator=gen)}
+        adapters.append(({"r": r, "lora_alpha": alpha}, weights))
+
+    def delta(config, w):
+        return config["lora_alpha"] / config["r"] * w[name + ".lora_B.weight"] @ w[name + ".lora_A.weight"]
+
+    mean = 0.25 * delta(*adapters[0]) + 0.75 * delta(*adapters[1])
+    rank, out, kept = average_adapters.average(adapters, [0.25, 0.75])
+    assert rank == 3 and kept == []
+    assert torch.allclose(delta({"r": rank, "lora_alpha": 2 * rank}, out), mean, atol=1e-5)  # the first's scale
+    rank, out, kept = average_adapters.average(adapters, [0.25, 0.75], rank=3)
+    assert torch.allclose(delta({"r": 3, "lora_alpha": 6}, out), mean, atol=1e-4) and kept[0] > 0.9999
+    rank, out, kept = average_adapters.average(adapters, [0.25, 0.75], rank=1)
+    assert not torch.allclose(delta({"r": 1, "lora_alpha": 2}, out), mean, atol=1e-2) and kept[0] < 0.9999

@@ -36,6 +36,15 @@ CACHE = 96  # cached tokens of the timed greedy passes: about a prompt (text and
 RECENT = 16  # real passes per kind whose ratio to the calibration corrects it (their median)
 
 
+def clock(model: Any) -> float:
+    """perf_counter after the model's device has finished its queued work: a GPU runs a pass's kernels
+    after the call returns, so an unsynchronised time would be the launch's, not the pass's."""
+    device = getattr(model, "device", None)
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass(frozen=True)
 class PassCost:
     """Seconds of one pass by the tokens it feeds: measured points, linear between them and beyond."""
@@ -97,9 +106,9 @@ class PassCost:
         best = [float("inf")] * len(shapes)
         for _ in range(repeats):
             for i, (state, ids, n_logits) in enumerate(shapes):
-                start = time.perf_counter()
+                start = clock(model)
                 extend(model, state, ids, 0, n_logits=n_logits, lean=lean)
-                best[i] = min(best[i], time.perf_counter() - start)
+                best[i] = min(best[i], clock(model) - start)
         return best
 
     @classmethod

@@ -7,14 +7,13 @@ only passes are saved. A row may carry a constraint (substring.py): its logits t
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..prompts import encode
 from ..types import DocStats
-from .extras import Extras
+from .extras import Extras, clock
 from .kv import KVState
 from .rows import Row, RowBatch
 from .runner import Runner
@@ -109,11 +108,12 @@ class Greedy:
                 segments.append([row.ids[-1]] + row.proposal)
             batch = batch.select(keep, cached)
             width = max(len(seg) for seg in segments)
-            start = time.perf_counter()
+            timed = sources is not None and self.extras is not None  # the real pass corrects the estimate
+            start = clock(self.runner.model) if timed else 0.0
             pending, state = self.runner.forward(batch.state, segments, batch.docs, stats, stage="mention",
                                                  n_logits=width)
-            if sources is not None and self.extras is not None:  # the real pass corrects the estimate
-                self.extras.saw_pass(len(segments), propose if width > 1 else 0, time.perf_counter() - start)
+            if timed:
+                self.extras.saw_pass(len(segments), propose if width > 1 else 0, clock(self.runner.model) - start)
             batch = RowBatch(batch.rows, state)
             if width == 1:
                 pending = pending[:, None, :]
