@@ -150,7 +150,8 @@ class Extras:
         return self.row_costs[width]
 
     def measure(self, width: int = 0) -> None:
-        """Time what is not timed yet, all at once (1.4 s for SmolLM2-135M on a 2-core AMX Xeon, in the first call: the warm-up's)."""
+        """Time what is not timed yet, all at once (1.4 s for SmolLM2-135M on a 2-core AMX Xeon), in the
+        first call: the warm-up's."""
         widths = sorted({1, width or 1 + self.speculate_width} - set(self.row_costs))
         if self.prompt_cost is not None and not widths:
             return
