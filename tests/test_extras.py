@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spacy_padellm.engine.decoder import Decoder
-from spacy_padellm.engine.extras import EXPLORE, RECENT, Extras, PassCost
+from spacy_padellm.benchmark import extras_line
+from spacy_padellm.engine.extras import EXPLORE, EXPLORE_PLAIN, RECENT, Extras, PassCost
 from spacy_padellm.engine.runner import Meter
 from spacy_padellm.prompts import get_template
 
@@ -124,3 +125,31 @@ def test_real_passes_correct_a_wrong_calibration():
     for _ in range(RECENT):
         extras.saw_pass(32, 4, 0.080)
     assert extras.speculate(4, rows=32) == 0
+
+
+def test_plain_passes_stay_measured_while_every_pass_speculates():
+    """Where speculation always pays, one pass in EXPLORE_PLAIN runs plain, so a calibration that overprices
+    plain passes is corrected too; passes whose rows had no proposal are plain passes already and count."""
+    meter = Meter()
+    extras = Extras(None, meter=meter, prompt_cost=GPU, row_costs=dict(GPU_ROWS))  # proposals nearly free
+    extras.accepted, extras.proposal_rows = 300.0, 100.0
+    chosen = [extras.speculate(4, rows=4) for _ in range(2 * EXPLORE_PLAIN)]
+    assert chosen.count(0) == 2 and chosen[EXPLORE_PLAIN - 1] == chosen[2 * EXPLORE_PLAIN - 1] == 0
+    assert extras_line(meter.choices) == f"speculation in {2 * EXPLORE_PLAIN - 2} of {2 * EXPLORE_PLAIN} passes " \
+                                         "(2 without, to measure that)"
+    extras = Extras(None, prompt_cost=GPU, row_costs=dict(GPU_ROWS))
+    extras.accepted, extras.proposal_rows = 300.0, 100.0
+    chosen = []
+    for i in range(2 * EXPLORE_PLAIN):
+        chosen.append(extras.speculate(4, rows=4))
+        extras.saw_pass(4, 0 if i % 32 == 0 else chosen[-1], 0.010)  # now and then no row had a proposal
+    assert chosen.count(0) == 0
+
+
+def test_no_timing_without_speculation(tiny_llama):
+    """With speculation off nothing is worth timing: no calibration is run for it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    dec = Decoder(model, tok, get_template("en"), max_new_tokens=5, small_batch=0, speculate=0, count_guesses=0)
+    dec.predict(SENTENCES, LABELS, [3] * len(SENTENCES))
+    assert dec.extras.row_costs == {} and dec.extras.ratios == {False: [], True: []}

@@ -10,7 +10,8 @@ delta (a smaller file, an approximation: the script prints how much of each delt
     python project/scripts/average_adapters.py OUT ADAPTER [ADAPTER ...] [--weights 0.5,0.5] [--rank 16]
 
 OUT gets adapter_config.json, adapter_model.safetensors and the first adapter's padellm.json (with the
-sources and weights under "averaged_from"; its dev scores are removed: they belong to the first adapter).
+sources and weights under "averaged_from"; its dev scores and tuned decoding settings are removed: they
+belong to the first adapter).
 """
 from __future__ import annotations
 
@@ -33,7 +34,13 @@ def read_adapter(folder: Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
             raise SystemExit(f"{folder}: {key} adapters are not supported")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise SystemExit(f"{folder}: per-module ranks are not supported")
-    return config, load_file(str(folder / "adapter_model.safetensors"))
+    if config.get("modules_to_save") or config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise SystemExit(f"{folder}: only plain LoRA A/B weights are averaged (no modules_to_save, no biases)")
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    other = [k for k in weights if not k.endswith((".lora_A.weight", ".lora_B.weight"))]
+    if other:
+        raise SystemExit(f"{folder}: holds tensors other than LoRA A/B weights, e.g. {other[0]}")
+    return config, weights
 
 
 def modules(weights: Dict[str, torch.Tensor]) -> List[str]:
@@ -46,8 +53,15 @@ def average(adapters: Sequence[Tuple[dict, Dict[str, torch.Tensor]]], weights: S
     first_config, first = adapters[0]
     names = modules(first)
     for config, w in adapters[1:]:
-        if modules(w) != names:
-            raise SystemExit("the adapters do not adapt the same modules")
+        if modules(w) != names or any(w[n + ".lora_A.weight"].shape[1] != first[n + ".lora_A.weight"].shape[1]
+                                      or w[n + ".lora_B.weight"].shape[0] != first[n + ".lora_B.weight"].shape[0]
+                                      for n in names):
+            raise SystemExit("the adapters do not adapt the same modules of the same shapes")
+    if rank:
+        most = min(min(first[n + ".lora_B.weight"].shape[0], first[n + ".lora_A.weight"].shape[1]) for n in names)
+        if not 0 < rank <= min(most, sum(c["r"] for c, _ in adapters)):
+            raise SystemExit(f"--rank {rank}: at most {min(most, sum(c['r'] for c, _ in adapters))} here (the "
+                             "summed ranks, and the smallest module dimension)")
     scale = first_config["lora_alpha"] / first_config["r"]
     out: Dict[str, torch.Tensor] = {}
     kept: List[float] = []
@@ -82,6 +96,8 @@ def main() -> None:
     weights = [float(x) for x in args.weights.split(",")] if args.weights else [1 / len(folders)] * len(folders)
     if len(weights) != len(folders):
         raise SystemExit(f"{len(weights)} weights for {len(folders)} adapters")
+    if abs(sum(weights) - 1) > 1e-6 or min(weights) < 0:
+        raise SystemExit(f"weights {weights}: an average takes non-negative weights that sum to 1")
     adapters = [read_adapter(f) for f in folders]
     rank, tensors, kept = average(adapters, weights, args.rank)
     out = Path(args.out)
@@ -93,8 +109,10 @@ def main() -> None:
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     if (folders[0] / META).exists():
         meta = json.loads((folders[0] / META).read_text(encoding="utf8"))
-        for key in [k for k in meta if k.startswith("dev")]:
-            del meta[key]
+        for key in [k for k in meta if k.startswith("dev") or k == "decode"]:
+            del meta[key]  # scores and tuned decoding settings belong to the first adapter, not to the average
+        if isinstance(meta.get("config"), dict):
+            meta["config"] = {**meta["config"], "lora_r": rank, "lora_alpha": config["lora_alpha"]}
         meta["averaged_from"] = [{"adapter": str(f), "weight": w} for f, w in zip(folders, weights)]
         if args.rank:
             meta["averaged_from"].append({"svd_rank": args.rank, "min_norm_kept": min(kept)})

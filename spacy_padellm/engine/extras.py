@@ -4,9 +4,9 @@ Two extras trade tokens for passes without changing the output: count guesses (t
 count of 1 ride along in the first pass, so a label with one mention needs no second prompt pass) and
 copy-speculation (a mention row also feeds the text's next tokens, and one pass verifies them). Whether
 they pay depends on the machine: a pass has a cost that does not grow with its tokens (reading the
-weights, the per-op overhead) and one that does (compute). On the 2-core bf16 CPU a 1-token pass costs
-~30 ms and 64 tokens ~100 ms, so extra tokens are nearly free in a small pass and full price in a large
-one; on a GPU they are nearly free up to thousands of tokens. A fixed "small call" threshold cannot know
+weights, the per-op overhead) and one that does (compute). On a 2-core AMX Xeon in bf16 a 1-token pass
+costs ~21 ms, 64 tokens ~33 ms and 32 rows of 5 tokens ~90 ms, so extra tokens are nearly free in a small
+pass and full price in a large one; on a GPU they are nearly free up to thousands of tokens. A fixed "small call" threshold cannot know
 this. `PassCost` measures passes of the shapes the choice is about once (lazily, when first needed: a
 first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and without proposals, on a
 prompt-sized cache and with the logits of every fed column, as the decoder runs them) and interpolates;
@@ -19,10 +19,12 @@ the calibration's shape, priced a 5-token pass at 38 ms against 20 ms for one to
 twice the passes of the fixed rule. So the timed repeats are interleaved (a slow moment slows every shape,
 not one) and the fastest is kept, and the greedy passes the decoder really runs correct the estimate: per
 kind (plain, speculating) the median ratio of their seconds to the calibration's (`saw_pass`). The passes
-that speculate to measure the acceptance rate (one in EXPLORE) keep the speculating kind's ratio measured.
+that speculate to measure the acceptance rate (one in EXPLORE) keep the speculating kind's ratio measured,
+and while every pass speculates, one in EXPLORE_PLAIN runs plain.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +34,7 @@ import torch
 PROMPT_SIZES = (1, 16, 64)  # tokens of the timed first passes
 ROW_SIZES = (1, 8, 32)  # rows of the timed greedy passes
 EXPLORE = 16  # one greedy pass in this many speculates even when the estimate says it does not pay
+EXPLORE_PLAIN = 64  # and one in this many runs plain while every pass speculates (its cost stays measured)
 CACHE = 96  # cached tokens of the timed greedy passes: about a prompt (text and label) of a CoNLL sentence
 RECENT = 16  # real passes per kind whose ratio to the calibration corrects it (their median)
 
@@ -137,7 +140,9 @@ class Extras:
     # row passes that fed a proposal, and the proposed tokens they got accepted (prior: one each)
     proposal_rows: float = 2.0
     accepted: float = 2.0
-    declined: int = 0  # greedy passes in a row without speculation (every EXPLORE-th speculates anyway)
+    # greedy passes since the last one of each kind (False: plain, True: speculating): a kind not run for
+    # EXPLORE (speculating) or EXPLORE_PLAIN (plain) passes runs once, so its rate and cost stay measured
+    since: Dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
     # the last RECENT real greedy passes per kind (False: plain, True: speculating): seconds / calibration
     ratios: Dict[bool, List[float]] = field(default_factory=lambda: {False: [], True: []})
 
@@ -152,7 +157,7 @@ class Extras:
     def measure(self, width: int = 0) -> None:
         """Time what is not timed yet, all at once (1.4 s for SmolLM2-135M on a 2-core AMX Xeon), in the
         first call: the warm-up's."""
-        widths = sorted({1, width or 1 + self.speculate_width} - set(self.row_costs))
+        widths = sorted(({1, 1 + self.speculate_width} | ({width} if width else set())) - set(self.row_costs))
         if self.prompt_cost is not None and not widths:
             return
         with torch.inference_mode():
@@ -220,13 +225,14 @@ class Extras:
         more = self.pass_seconds(rows, wanted) - plain
         gain = self.accepted / self.proposal_rows  # tokens a row's proposal gains per pass, on average
         use = gain / (1.0 + gain) * plain > more
-        # a declined extra learns nothing: now and then speculate anyway, so its rate stays measured
-        self.declined = 0 if use else self.declined + 1
-        explore = self.declined >= EXPLORE
-        if explore:
-            self.declined = 0
-        self._count("speculation" if use else "speculation to measure it" if explore else "no speculation")
-        return wanted if use or explore else 0
+        # a kind that is never run learns nothing: now and then run it anyway, so its rate and cost stay
+        # measured (real plain passes also come from rows without a proposal: saw_pass counts them)
+        explore = self.since[not use] + 1 >= (EXPLORE if not use else EXPLORE_PLAIN)
+        chosen = use != explore
+        self.since[chosen] = 0
+        self.since[not chosen] += 1
+        self._count(("speculation" if chosen else "no speculation") + (" to measure it" if explore else ""))
+        return wanted if chosen else 0
 
     def pass_seconds(self, rows: int, proposals: int) -> float:
         """A greedy pass of `rows` rows feeding 1 + `proposals` tokens each: the calibration, times the median
@@ -235,17 +241,19 @@ class Extras:
 
     def ratio(self, speculating: bool) -> float:
         """The median of the recent real passes' seconds over the calibration's, for one kind (1: none yet)."""
-        seen = sorted(self.ratios[speculating])
-        return seen[len(seen) // 2] if seen else 1.0
+        seen = self.ratios[speculating]
+        return statistics.median(seen) if seen else 1.0
 
     def saw_pass(self, rows: int, proposals: int, seconds: float) -> None:
         """The decoder ran a greedy pass of `rows` rows, proposing up to `proposals` tokens per row (0: a
         plain pass), in `seconds`: how far the calibration is off for passes of its kind."""
-        if rows <= 0 or seconds <= 0 or (proposals and proposals + 1 not in self.row_costs):
+        if rows <= 0 or seconds <= 0 or proposals + 1 not in self.row_costs:  # nothing measured to correct
             return
         kind = self.ratios[proposals > 0]
         kind.append(seconds / self.row_cost(1 + proposals).seconds(rows))
         del kind[:-RECENT]
+        if not proposals:
+            self.since[False] = 0
 
     def saw_proposal(self, accepted: int) -> None:
         """A row fed a proposal in the last pass and got `accepted` of its tokens."""

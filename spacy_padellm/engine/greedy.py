@@ -108,7 +108,7 @@ class Greedy:
                 segments.append([row.ids[-1]] + row.proposal)
             batch = batch.select(keep, cached)
             width = max(len(seg) for seg in segments)
-            timed = sources is not None and self.extras is not None  # the real pass corrects the estimate
+            timed = sources is not None and self.extras is not None and speculate > 0  # corrects the estimate
             start = clock(self.runner.model) if timed else 0.0
             pending, state = self.runner.forward(batch.state, segments, batch.docs, stats, stage="mention",
                                                  n_logits=width)
