@@ -1,5 +1,5 @@
 """The accuracy experiments' arithmetic (project/scripts: error_analysis, count_probe, count_check,
-count_calibration, average_adapters) and the speed scripts (linear_orientation, int8_weight_micro) on
+count_calibration, average_adapters, int8_smoothquant) and the speed scripts (linear_orientation, int8_weight_micro) on
 hand-made predictions: the tables in docs/accuracy.md are only as right as these counts."""
 import sys
 from pathlib import Path
@@ -149,3 +149,33 @@ def test_averaged_adapters_hold_the_mean_delta_exactly():
     assert torch.allclose(delta({"r": 3, "lora_alpha": 6}, out), mean, atol=1e-4) and kept[0] > 0.9999
     rank, out, kept = average_adapters.average(adapters, [0.25, 0.75], rank=1)
     assert not torch.allclose(delta({"r": 1, "lora_alpha": 2}, out), mean, atol=1e-2) and kept[0] < 0.9999
+
+
+def test_smoothquant_folds_leave_the_float_model_unchanged(tiny_llama):
+    """int8_smoothquant.smooth divides each smoothed linear's input by s in the layer before (RMSNorm
+    weights, up_proj rows, v_proj rows per key head) and multiplies the linear's columns by s: the float32
+    logits stay the same, whatever the activation maxima; quantize leaves the named linears float32."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    import int8_smoothquant
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 230, 41, 9, 77, 3]])
+    with torch.no_grad():
+        before = model(ids).logits
+    gen = torch.Generator().manual_seed(1)
+    maxima = {name: torch.rand(mod.in_features, generator=gen) * 10 + 0.1
+              for name, mod in model.model.layers.named_modules() if isinstance(mod, nn.Linear)}
+    int8_smoothquant.smooth(model, maxima, alpha=0.8)
+    with torch.no_grad():
+        after = model(ids).logits
+    assert not torch.equal(model.model.layers[0].self_attn.v_proj.weight,
+                           AutoModelForCausalLM.from_pretrained(tiny_llama).model.layers[0].self_attn.v_proj.weight)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
+    int8_smoothquant.quantize(model, keep=["down_proj"])
+    layer = model.model.layers[0]
+    assert type(layer.mlp.down_proj) is nn.Linear
+    for mod in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj):
+        assert type(mod) is not nn.Linear and "quantized" in type(mod).__module__
