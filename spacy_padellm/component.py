@@ -194,6 +194,13 @@ class PaDeLLMNER(PipeStorage, Pipe):
             model, tokenizer = load_base(self.model_ref, torch.float32 if self.adapter else dtype, device)
             if self.adapter is not None:
                 model = apply_adapter(model, self.adapter, self.cfg["model"]).to(dtype)
+            if self.cfg["dtype"] == "int8":  # smoothed with a calibration pass, quantized by the engine
+                from .engine.int8 import make_int8
+
+                try:
+                    make_int8(model, tokenizer, self.template, self.labels, self.adapter)
+                except ValueError as e:
+                    raise PaDeLLMError(Errors.E010.format(key="dtype", value="int8", why=str(e))) from None
             self._decoder = Decoder(model, tokenizer, self.template, settings=self.decode_settings)
         return self._decoder
 

@@ -53,7 +53,7 @@ DECODE_KEYS = tuple(f.name for f in fields(DecodeSettings))
 # where they are resolved). Keys listed in DECODE_KEYS take their defaults from DecodeSettings.
 PIPE_SETTINGS: Dict[str, Any] = {
     "batch_size": 32,  # most docs decoded together (bounds memory; nlp.pipe's batch_size can lower it)
-    "dtype": "auto",  # bf16 where the CPU/GPU runs it fast, else float32
+    "dtype": "auto",  # bf16 where the CPU/GPU runs it fast, else float32; int8: approximate, opt-in (engine/int8.py)
     "device": "auto",
     "dedup": True,  # the paper's one-label-per-string rule
     "spans_key": "padellm",
@@ -73,6 +73,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "padellm_rows": {"tree": False, "speculate": 0, "count_guesses": 0},
     # float32 weights (dtype auto is bf16 on CPUs with AVX512-BF16/AMX)
     "padellm_fp32": {"dtype": "float32"},
+    # smoothed dynamic int8 linears, down_proj float32 (engine/int8.py): approximate, the F1 to compare
+    "padellm_int8": {"dtype": "int8"},
     # the paper's plain greedy mentions (no substring constraint): the same output as padellm_reference
     "padellm_plain": {"mentions_from_text": False},
     # transformers' own forward pass instead of engine/lean.py (same output: the benchmark checks it)
@@ -101,8 +103,8 @@ def check_setting(key: str, value: Any, default: Any) -> None:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be a number or null"))
-    elif key == "dtype" and value not in ("auto", "float32", "bfloat16"):
-        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="use auto, float32 or bfloat16"))
+    elif key == "dtype" and value not in ("auto", "float32", "bfloat16", "int8"):
+        raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="use auto, float32, bfloat16 or int8"))
     elif isinstance(default, bool):
         if not isinstance(value, bool):
             raise PaDeLLMError(Errors.E010.format(key=key, value=value, why="must be true or false"))

@@ -151,10 +151,9 @@ def test_averaged_adapters_hold_the_mean_delta_exactly():
     assert not torch.allclose(delta({"r": 1, "lora_alpha": 2}, out), mean, atol=1e-2) and kept[0] < 0.9999
 
 
-def test_smoothquant_folds_leave_the_float_model_unchanged(tiny_llama):
-    """int8_smoothquant.smooth divides each smoothed linear's input by s in the layer before (RMSNorm
-    weights, up_proj rows, v_proj rows per key head) and multiplies the linear's columns by s: the float32
-    logits stay the same, whatever the activation maxima; quantize leaves the named linears float32."""
+
+def test_int8_experiment_leaves_the_named_linears_float(tiny_llama):
+    """int8_smoothquant.quantize: dynamic int8 for every decoder linear but those named in `keep`."""
     import torch
     from torch import nn
     from transformers import AutoModelForCausalLM
@@ -162,18 +161,6 @@ def test_smoothquant_folds_leave_the_float_model_unchanged(tiny_llama):
     import int8_smoothquant
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32).eval()
-    ids = torch.tensor([[5, 17, 230, 41, 9, 77, 3]])
-    with torch.no_grad():
-        before = model(ids).logits
-    gen = torch.Generator().manual_seed(1)
-    maxima = {name: torch.rand(mod.in_features, generator=gen) * 10 + 0.1
-              for name, mod in model.model.layers.named_modules() if isinstance(mod, nn.Linear)}
-    int8_smoothquant.smooth(model, maxima, alpha=0.8)
-    with torch.no_grad():
-        after = model(ids).logits
-    assert not torch.equal(model.model.layers[0].self_attn.v_proj.weight,
-                           AutoModelForCausalLM.from_pretrained(tiny_llama).model.layers[0].self_attn.v_proj.weight)
-    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)
     int8_smoothquant.quantize(model, keep=["down_proj"])
     layer = model.model.layers[0]
     assert type(layer.mlp.down_proj) is nn.Linear

@@ -3,8 +3,7 @@ fast bf16, at most 0.3 string F1 below float32.)
 
 Session 11's dynamic int8 of every decoder linear lost 39 string F1 per-tensor and 42 per-channel, and 2.1
 with down_proj left in float32 (`benchmarks/int8_experiments.txt`): a few input channels of each linear hold
-values far above the rest, and a per-token int8 scale set by them rounds every other channel to a few
-levels. SmoothQuant (Xiao et al., 2023) moves that range from the activations into the weights: per input
+values far above the rest, and an int8 scale set by them rounds every other channel to a few levels. SmoothQuant (Xiao et al., 2023) moves that range from the activations into the weights: per input
 channel j, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), X / s and W * s, the same products. In a Llama layer
 every division folds into the layer before, so the float32 model is unchanged up to rounding:
   q/k/v and gate/up   X = RMSNorm(h) * g       g / s
@@ -12,7 +11,7 @@ every division folds into the layer before, so the float32 model is unchanged up
   o_proj              X = attention(v)         v_proj's output rows / s (one s per key head's channel,
                                                the max over the query heads that share it)
 The maxima come from the prompts of training sentences (not dev), through the component's own decoding.
-Then torch's dynamic int8 (per-channel weights, per-token activations at run time) replaces the linears,
+Then torch's dynamic int8 (per-channel weights, activations quantized per call) replaces the linears,
 and dev is decoded through transformers' forward (`lean_forward: false`, which calls the modules).
 
     python project/scripts/int8_smoothquant.py --train ../shared/data/conll2003/train.conll \\
@@ -32,6 +31,7 @@ import spacy
 import torch
 from torch import nn
 
+from spacy_padellm.engine.int8 import smooth
 from spacy_padellm.evaluation import evaluate, pipeline_annotate
 from spacy_padellm.training.readers import read_any
 
@@ -57,39 +57,6 @@ def input_maxima(nlp: Any, model: Any, texts: List[str]) -> Dict[str, torch.Tens
     for h in hooks:
         h.remove()
     return maxima
-
-
-@torch.no_grad()
-def smooth(model: Any, maxima: Dict[str, torch.Tensor], alpha: float) -> None:
-    """Fold s into the layer before each smoothed linear and multiply the linear's input columns by s."""
-    cfg = model.config
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // heads
-    for i, layer in enumerate(model.model.layers):
-        att, mlp = layer.self_attn, layer.mlp
-
-        def scales(names: List[str], linears: List[nn.Linear]) -> torch.Tensor:
-            x = torch.stack([maxima[f"{i}.{n}"] for n in names]).amax(dim=0).clamp_min(1e-5)
-            w = torch.cat([lin.weight.abs() for lin in linears], dim=0).amax(dim=0).float().clamp_min(1e-5)
-            return (x.pow(alpha) / w.pow(1 - alpha)).clamp_min(1e-5)
-
-        s = scales(["self_attn.q_proj"], [att.q_proj, att.k_proj, att.v_proj])
-        layer.input_layernorm.weight.div_(s.to(layer.input_layernorm.weight.dtype))
-        for lin in (att.q_proj, att.k_proj, att.v_proj):
-            lin.weight.mul_(s.to(lin.weight.dtype))
-        s = scales(["mlp.gate_proj"], [mlp.gate_proj, mlp.up_proj])
-        layer.post_attention_layernorm.weight.div_(s.to(layer.post_attention_layernorm.weight.dtype))
-        for lin in (mlp.gate_proj, mlp.up_proj):
-            lin.weight.mul_(s.to(lin.weight.dtype))
-        s = scales(["mlp.down_proj"], [mlp.down_proj])
-        mlp.up_proj.weight.div_(s[:, None].to(mlp.up_proj.weight.dtype))
-        mlp.down_proj.weight.mul_(s.to(mlp.down_proj.weight.dtype))
-        # o_proj's input channel (query head q, dim d) is v's channel (key head q // group, dim d)
-        s = scales(["self_attn.o_proj"], [att.o_proj]).view(heads, head_dim)
-        group = heads // kv_heads
-        s_kv = s.view(kv_heads, group, head_dim).amax(dim=1)  # one scale per v channel
-        att.v_proj.weight.div_(s_kv.reshape(-1)[:, None].to(att.v_proj.weight.dtype))
-        att.o_proj.weight.mul_(s_kv.repeat_interleave(group, dim=0).reshape(-1).to(att.o_proj.weight.dtype))
 
 
 def quantize(model: Any, keep: List[str]) -> None:
@@ -135,7 +102,7 @@ def main() -> None:
         nlp = pipe_of(args.threads)  # a fresh float32 model
         model = nlp.get_pipe("padellm_ner").decoder.runner.model
         if alpha > 0:
-            smooth(model, maxima, alpha)
+            smooth(model, maxima, alpha, keep_float=())  # every linear smoothed (a float one is unchanged)
         quantize(model, keep)
         run(f"int8, alpha {alpha}" + (f", {'/'.join(keep)} float32" if keep else ""), nlp)
     if args.out:

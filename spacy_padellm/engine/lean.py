@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .family import model_type
+from .int8 import int8_linear, is_int8, packed_int8
 from .matmul import linear, packed_linear, prepacked, prepacks, takes_packed
 from .precision import float32_residual
 
@@ -49,6 +50,7 @@ class _Layer:
     gate_up: torch.Tensor  # [2*intermediate, hidden]
     down: torch.Tensor
     packed: Optional[Tuple[Any, ...]] = None  # oneDNN copies of (qkv, o, gate_up, down), engine/matmul.py
+    int8: Optional[Tuple[Any, ...]] = None  # fbgemm int8 weights of (qkv, o, gate_up), engine/int8.py
 
 
 def supports(model: Any) -> bool:
@@ -124,6 +126,10 @@ class LeanLlama:
             self.layers.append(_Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                                       _fuse([attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj.weight,
                                       _fuse([mlp.gate_proj, mlp.up_proj]), mlp.down_proj.weight))
+        # dtype int8 (engine/int8.py): q/k/v, o and gate/up as fbgemm int8 weights, down_proj float32
+        if is_int8(model):
+            for layer in self.layers:
+                layer.int8 = tuple(packed_int8(w) for w in (layer.qkv, layer.o, layer.gate_up))
         # oneDNN's blocked copies of the weights, made once, where the rule takes them (engine/matmul.py)
         self.prepack = prepacks(self.layers[0].qkv) if self.layers else False
         self._packed_versions: Tuple[int, ...] = ()
@@ -148,6 +154,8 @@ class LeanLlama:
 
     def _linear(self, x: torch.Tensor, layer: _Layer, which: int) -> torch.Tensor:
         """Linear `which` (0 qkv, 1 o, 2 gate_up, 3 down) of a layer, on a 2D x."""
+        if layer.int8 is not None and which < 3:
+            return int8_linear(x, layer.int8[which])
         if self.prepack and layer.packed is not None and x.dtype == layer.qkv.dtype and takes_packed(x):
             return packed_linear(x, layer.packed[which])
         weight = (layer.qkv, layer.o, layer.gate_up, layer.down)[which]

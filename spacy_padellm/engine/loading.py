@@ -69,12 +69,14 @@ def resolve_model(name: str) -> ModelRef:
 def resolve_dtype(dtype: str, device: str) -> Any:
     import torch
 
-    if dtype == "float32":
+    if dtype in ("float32", "int8"):  # int8: float32 weights, smoothed and quantized after loading (int8.py)
+        if dtype == "int8" and device != "cpu":
+            raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="int8 runs on the CPU only"))
         return torch.float32
     if dtype == "bfloat16":
         return torch.bfloat16
     if dtype != "auto":
-        raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32 or bfloat16"))
+        raise PaDeLLMError(Errors.E010.format(key="dtype", value=dtype, why="use auto, float32, bfloat16 or int8"))
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     # CPU: bf16 where the CPU has AVX512-BF16/AMX. Measured with the tree engine on the 2-core AVX512-BF16

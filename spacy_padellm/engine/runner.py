@@ -15,6 +15,7 @@ import torch
 from ..prompts import encode, special_prefix
 from ..types import DocStats
 from .kv import KVState, TreeState, extend, extend_tree
+from .int8 import is_int8, quantize_modules
 from .lean import lean_forward
 from .tree import Trie
 
@@ -49,6 +50,8 @@ class Runner:
     def __init__(self, model: Any, tokenizer: Any, meter: Optional[Meter] = None, lean: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.lean = lean_forward(model) if lean else None
+        if self.lean is None and is_int8(model):  # transformers' forward calls the modules: quantize them
+            quantize_modules(model)
         self.meter = meter if meter is not None else Meter()
         self.bos = special_prefix(tokenizer)
         self.eos_ids: Set[int] = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
