@@ -151,7 +151,6 @@ def test_averaged_adapters_hold_the_mean_delta_exactly():
     assert not torch.allclose(delta({"r": 1, "lora_alpha": 2}, out), mean, atol=1e-2) and kept[0] < 0.9999
 
 
-
 def test_int8_experiment_leaves_the_named_linears_float(tiny_llama):
     """int8_smoothquant.quantize: dynamic int8 for every decoder linear but those named in `keep`."""
     import torch

@@ -30,11 +30,16 @@ def random_maxima(model: nn.Module) -> dict:
 IDS = torch.tensor([[5, 17, 230, 41, 9, 77, 3, 12]])
 
 
-@pytest.mark.parametrize("keep_float", [(), int8.KEEP_FLOAT])
-def test_smoothing_leaves_the_float_model_unchanged(tiny_llama, keep_float):
-    """s folds into the RMSNorm weights, v_proj's rows (per key head: the tiny model has 4 query heads on
-    2 key heads) and up_proj's rows; the linears' columns take s: the same logits, whatever the maxima."""
-    model = load(tiny_llama)
+@pytest.mark.parametrize("family,keep_float", [("llama", ()), ("llama", int8.KEEP_FLOAT), ("qwen2", ())])
+def test_smoothing_leaves_the_float_model_unchanged(request, family, keep_float):
+    """s folds into the RMSNorm weights, v_proj's rows and bias (per key head: the tiny models have 4 query
+    heads on 2 key heads; Qwen2's v_proj has a bias) and up_proj's rows; the linears' columns take s: the
+    same logits, whatever the maxima."""
+    model = load(request.getfixturevalue(f"tiny_{family}"))
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Linear) and mod.bias is not None:
+                mod.bias.normal_()  # initialised to zero: a bias that is not folded would go unseen
     with torch.no_grad():
         before = model(IDS).logits
     original_v = model.model.layers[0].self_attn.v_proj.weight.clone()
@@ -69,6 +74,21 @@ def test_the_engine_int8_pass_is_torch_int8_modules(tiny_llama, tokenizer):
     assert (lean_logits - float_logits).abs().max() > 1e-4 * scale  # int8 is approximate
 
 
+def test_one_int8_linear_is_torchs_dynamic_int8_linear():
+    """packed_int8 + int8_linear compute exactly what torch's dynamic quantized Linear computes."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    gen = torch.Generator().manual_seed(3)
+    linear = nn.Linear(48, 24, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(24, 48, generator=gen))
+    linear.qconfig = per_channel_dynamic_qconfig
+    x = torch.randn(7, 48, generator=gen) * torch.linspace(0.1, 20, 48)  # channels of unequal range
+    reference = DynamicLinear.from_float(linear)(x)
+    assert torch.equal(int8.int8_linear(x, int8.packed_int8(linear.weight.detach())), reference)
+
+
 def test_maxima_travel_with_the_adapter(tiny_llama, tokenizer, tmp_path):
     model = load(tiny_llama)
     maxima = int8.calibrate(model, tokenizer, get_template("en"), LABELS, texts=["Ada met Bob in Paris ."])
@@ -80,19 +100,54 @@ def test_maxima_travel_with_the_adapter(tiny_llama, tokenizer, tmp_path):
     int8.save_maxima({k: v[:-1] for k, v in maxima.items()}, str(tmp_path), "another model's")
     with pytest.raises(ValueError, match="does not fit"):
         int8.load_maxima(str(tmp_path), model)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    int8.save_maxima(maxima, str(tmp_path), "these weights")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"other weights")  # the adapter retrained
+    with pytest.raises(ValueError, match="other adapter weights"):
+        int8.load_maxima(str(tmp_path), model)
+    (tmp_path / int8.MAXIMA_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable maxima file"):
+        int8.load_maxima(str(tmp_path), model)
 
 
-def test_the_component_in_int8(tiny_llama):
+def test_make_int8_once_and_before_the_engine_pass(tiny_llama, tokenizer):
+    model = load(tiny_llama)
+    int8.make_int8(model, tokenizer, get_template("en"), LABELS)
+    norm = model.model.layers[0].input_layernorm.weight.clone()
+    int8.make_int8(model, tokenizer, get_template("en"), LABELS)  # smoothed once only
+    assert torch.equal(model.model.layers[0].input_layernorm.weight, norm)
+    other = load(tiny_llama)
+    lean_forward(other)  # the engine's pass holds fused float weights already
+    with pytest.raises(ValueError, match="before the engine"):
+        int8.make_int8(other, tokenizer, get_template("en"), LABELS)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_component_in_int8(tiny_llama, lean):
+    """Both forward passes run the int8 linears: the engine's on its fused weights, transformers' through
+    torch's quantized modules."""
     nlp = spacy.blank("en")
     nlp.add_pipe("padellm_ner", config={"model": tiny_llama, "labels": LABELS, "dtype": "int8", "device": "cpu",
-                                        "max_new_tokens": 4, "threads": 1})
+                                        "max_new_tokens": 4, "threads": 1, "lean_forward": lean})
     docs = list(nlp.pipe(["Ada Lovelace met Charles Babbage in London .", "Paris is in France ."]))
     data = docs[0].user_data["padellm"]
     assert set(data["counts"]) == set(LABELS) and data["forward_passes"] > 0
-    model = nlp.get_pipe("padellm_ner").decoder.runner.model
-    assert int8.is_int8(model)
+    runner = nlp.get_pipe("padellm_ner").decoder.runner
+    assert int8.is_int8(runner.model)
+    if lean:
+        packed = runner.lean.layers[0].packed  # None where oneDNN's copies are off; never q/k/v's under int8
+        assert runner.lean.layers[0].int8 is not None and (packed is None or packed[0] is None)
+    else:
+        assert runner.lean is None and "quantized" in type(runner.model.model.layers[0].mlp.gate_proj).__module__
     with pytest.raises(PaDeLLMError, match="E010.*int8 runs on the CPU only"):
         resolve_dtype("int8", "cuda")
+
+
+def test_int8_refuses_other_families(tiny_gpt2):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("padellm_ner", config={"model": tiny_gpt2, "labels": LABELS, "dtype": "int8", "device": "cpu"})
+    with pytest.raises(PaDeLLMError, match="E010.*Llama-like layers, not 'gpt2'"):
+        nlp("Ada met Bob .")
 
 
 def test_int8_needs_float32_on_the_cpu(tiny_llama, tokenizer):

@@ -12,3 +12,4 @@ dst.mkdir(parents=True)
 for name in ("adapter_config.json", "adapter_model.safetensors", "padellm.json"):
     shutil.copy2(src / name, dst / name)
 print(f"{src} -> {dst} ({sum(p.stat().st_size for p in dst.iterdir()) / 1e6:.1f} MB)")
+print("new weights: rerun project/scripts/int8_calibrate.py for dtype int8's maxima (int8_maxima.safetensors)")

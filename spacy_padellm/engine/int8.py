@@ -20,6 +20,11 @@ written for this, not from any dataset) under the pipe's labels. Then q/k/v, o a
 dynamic int8 linear (per-output-channel int8 weights, the activations quantized per call): in
 engine/lean.py on its fused weights, else as torch's quantized modules in transformers' forward.
 
+Unlike the float modes, int8's output depends on what shares a pass: the activation scale is one range over
+every row of the call (other documents, speculated rows), so a document can decode differently alone and in
+a batch, and with the extras chosen from timing (engine/extras.py), between two runs. On CoNLL dev its F1
+stayed within 0.36 of float32's in every sample measured.
+
 torch 2.13 (our pin) warns that its quantized tensors and eager-mode quantization are deprecated in favour
 of torchao; fbgemm's linear ops are what run here, and a torch without them will need torchao's kernels.
 """
@@ -63,7 +68,7 @@ def calibrate(model: Any, tokenizer: Any, template: Any, labels: Sequence[str],
     prompts of `texts` under `labels` (each holds its count prompt), through transformers' forward: one
     batch per text, right-padded (a causal model's real tokens do not see the padding after them, and the
     padding's own inputs are left out of the maxima)."""
-    from ..prompts import encode
+    from ..prompts import encode, special_prefix
 
     maxima: Dict[str, torch.Tensor] = {}
     real: List[torch.Tensor] = []  # the [rows, width] mask of the batch running now
@@ -74,7 +79,7 @@ def calibrate(model: Any, tokenizer: Any, template: Any, labels: Sequence[str],
                 seen = args[0].detach()[real[0]].abs().amax(dim=0).float()
                 maxima[name] = torch.maximum(maxima[name], seen) if name in maxima else seen
             hooks.append(module.register_forward_hook(hook))
-    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None else []
+    bos = special_prefix(tokenizer)  # as the runner encodes prompts
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
         with torch.inference_mode():
@@ -117,12 +122,12 @@ def smooth(model: Any, maxima: Dict[str, torch.Tensor], alpha: float = ALPHA,
             lin.weight.mul_(s.to(lin.weight.dtype))
         if "down_proj" not in keep_float:
             s = scales("mlp.down_proj", [mlp.down_proj])
-            mlp.up_proj.weight.div_(s[:, None].to(mlp.up_proj.weight.dtype))
+            _div_rows(mlp.up_proj, s)
             mlp.down_proj.weight.mul_(s.to(mlp.down_proj.weight.dtype))
         if "o_proj" not in keep_float:  # o_proj's input channel (query head q, dim d) is v's (q // group, d)
             group = heads // kv_heads
             s_kv = scales("self_attn.o_proj", [att.o_proj]).view(kv_heads, group, head_dim).amax(dim=1)
-            att.v_proj.weight.div_(s_kv.reshape(-1)[:, None].to(att.v_proj.weight.dtype))
+            _div_rows(att.v_proj, s_kv.reshape(-1))
             att.o_proj.weight.mul_(s_kv.repeat_interleave(group, dim=0).reshape(-1).to(att.o_proj.weight.dtype))
 
 
@@ -131,22 +136,47 @@ def save_maxima(maxima: Dict[str, torch.Tensor], folder: str, source: str) -> Pa
     from safetensors.torch import save_file
 
     path = Path(folder) / MAXIMA_FILE
-    save_file({k: v.contiguous() for k, v in maxima.items()}, str(path), metadata={"source": source})
+    save_file({k: v.contiguous() for k, v in maxima.items()}, str(path),
+              metadata={"source": source, "adapter_sha256": adapter_hash(folder)})
     return path
+
+
+def adapter_hash(folder: str) -> str:
+    """sha256 of the adapter's weights: maxima measured with other weights would smooth the wrong ranges."""
+    import hashlib
+
+    weights = Path(folder) / "adapter_model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else ""
 
 
 def load_maxima(adapter: Optional[str], model: Any) -> Optional[Dict[str, torch.Tensor]]:
     """The adapter's stored maxima, or None where it has none; ValueError where they do not fit the model."""
     if adapter is None or not (Path(adapter) / MAXIMA_FILE).is_file():
         return None
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    maxima = load_file(str(Path(adapter) / MAXIMA_FILE))
+    path = Path(adapter) / MAXIMA_FILE
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("adapter_sha256", "")
+        maxima = load_file(str(path))
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path} is not a readable maxima file ({e}); rerun project/scripts/int8_calibrate.py") from None
+    if stored and stored != adapter_hash(adapter):
+        raise ValueError(f"{path} was measured with other adapter weights; rerun project/scripts/int8_calibrate.py")
     wanted = {name: mod.in_features for name, mod in model.model.layers.named_modules() if isinstance(mod, nn.Linear)}
-    if {k: v.shape[0] for k, v in maxima.items()} != wanted:
+    if {k: v.shape[0] for k, v in maxima.items()} != wanted or not all(bool(torch.isfinite(v).all()) for v in maxima.values()):
         raise ValueError(f"{Path(adapter) / MAXIMA_FILE} does not fit this model's linears (another base "
                          "model?); delete it to calibrate on the built-in sentences")
     return maxima
+
+
+def _div_rows(linear: nn.Linear, s: torch.Tensor) -> None:
+    """Divide a linear's outputs by s: its weight's rows and its bias (Qwen2's v_proj has one)."""
+    linear.weight.div_(s[:, None].to(linear.weight.dtype))
+    if linear.bias is not None:
+        linear.bias.div_(s.to(linear.bias.dtype))
 
 
 def make_int8(model: Any, tokenizer: Any, template: Any, labels: Sequence[str], adapter: Optional[str] = None
@@ -159,6 +189,10 @@ def make_int8(model: Any, tokenizer: Any, template: Any, labels: Sequence[str], 
         raise ValueError("int8 needs a float32 model on the CPU")
     if getattr(model.config, "model_type", None) not in ("llama", "mistral", "qwen2", "qwen3"):
         raise ValueError(f"int8 smoothing knows Llama-like layers, not {model.config.model_type!r}")
+    if is_int8(model):
+        return model  # smoothed already: a second smoothing would divide by s twice
+    if "_padellm_lean" in model.__dict__:
+        raise ValueError("int8 must be applied before the engine's forward pass is built on the model")
     maxima = load_maxima(adapter, model)
     smooth(model, maxima if maxima is not None else calibrate(model, tokenizer, template, labels))
     model.__dict__[MARK] = {"alpha": ALPHA, "keep_float": KEEP_FLOAT, "modules": False}

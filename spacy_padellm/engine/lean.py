@@ -140,8 +140,10 @@ class LeanLlama:
         """Make the `prepack` copies of every linear weight (where oneDNN cannot, `prepack` turns off)."""
         with torch.no_grad():
             for layer in self.layers:
-                packed = tuple(prepacked(w) for w in (layer.qkv, layer.o, layer.gate_up, layer.down))
-                if any(p is None for p in packed):
+                weights = (layer.qkv, layer.o, layer.gate_up, layer.down)
+                # under int8 only down_proj runs float32: no copies of the others (~320 MB in float32)
+                packed = tuple(prepacked(w) if layer.int8 is None or i == 3 else None for i, w in enumerate(weights))
+                if packed[3] is None or (layer.int8 is None and any(p is None for p in packed)):
                     self.prepack = False
                     return
                 layer.packed = packed
@@ -155,7 +157,7 @@ class LeanLlama:
     def _linear(self, x: torch.Tensor, layer: _Layer, which: int) -> torch.Tensor:
         """Linear `which` (0 qkv, 1 o, 2 gate_up, 3 down) of a layer, on a 2D x."""
         if layer.int8 is not None and which < 3:
-            return int8_linear(x, layer.int8[which])
+            return int8_linear(x, layer.int8[which])  # built once: int8 weights are not written after load
         if self.prepack and layer.packed is not None and x.dtype == layer.qkv.dtype and takes_packed(x):
             return packed_linear(x, layer.packed[which])
         weight = (layer.qkv, layer.o, layer.gate_up, layer.down)[which]
