@@ -159,7 +159,7 @@ def test_cli_lists_choices_and_has_a_version(capsys):
     with pytest.raises(SystemExit):
         main(["benchmark", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert all(m in text for m in METHODS) and "{auto,float32,bfloat16}" in text
+    assert all(m in text for m in METHODS) and "{auto,float32,bfloat16,int8}" in text
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "join as they land" not in capsys.readouterr().out
