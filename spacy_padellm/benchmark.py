@@ -265,7 +265,8 @@ def extras_line(choices: Dict[str, int]) -> str:
         yes, no = choices.get(what, 0), choices.get(f"no {what}", 0)
         measure, plain = choices.get(f"{what} to measure it", 0), choices.get(f"no {what} to measure it", 0)
         if yes or no or measure or plain:
-            notes = [f"+{measure} to measure it"] * bool(measure) + [f"{plain} without, to measure that"] * bool(plain)
+            notes = [f"+{measure} to measure it"] * bool(measure)
+            notes += [f"{plain} without, to measure that"] * bool(plain)
             parts.append(f"{what} in {yes} of {yes + no + measure + plain} {unit}"
                          + (f" ({', '.join(notes)})" if notes else ""))
     return ", ".join(parts) or "none chosen"

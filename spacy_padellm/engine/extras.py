@@ -6,10 +6,11 @@ copy-speculation (a mention row also feeds the text's next tokens, and one pass 
 they pay depends on the machine: a pass has a cost that does not grow with its tokens (reading the
 weights, the per-op overhead) and one that does (compute). On a 2-core AMX Xeon in bf16 a 1-token pass
 costs ~21 ms, 64 tokens ~33 ms and 32 rows of 5 tokens ~90 ms, so extra tokens are nearly free in a small
-pass and full price in a large one; on a GPU they are nearly free up to thousands of tokens. A fixed "small call" threshold cannot know
-this. `PassCost` measures passes of the shapes the choice is about once (lazily, when first needed: a
-first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and without proposals, on a
-prompt-sized cache and with the logits of every fed column, as the decoder runs them) and interpolates;
+pass and full price in a large one; on a GPU they are nearly free up to thousands of tokens. A fixed "small
+call" threshold cannot know this. `PassCost` measures passes of the shapes the choice is about once
+(lazily, when first needed: a first pass of 1, 16 and 64 tokens; greedy passes of 1, 8 and 32 rows, with and
+without proposals, on a prompt-sized cache and with the logits of every fed column, as the decoder runs
+them) and interpolates;
 `Extras` weighs the tokens an extra adds against the passes it saves, with the rates at which it saved them
 in the calls decoded so far (count distribution, accepted proposals).
 

@@ -162,11 +162,13 @@ def load_maxima(adapter: Optional[str], model: Any) -> Optional[Dict[str, torch.
             stored = (f.metadata() or {}).get("adapter_sha256", "")
         maxima = load_file(str(path))
     except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable maxima file ({e}); rerun project/scripts/int8_calibrate.py") from None
+        raise ValueError(f"{path} is not a readable maxima file ({e}); rerun "
+                         "project/scripts/int8_calibrate.py") from None
     if stored and stored != adapter_hash(adapter):
         raise ValueError(f"{path} was measured with other adapter weights; rerun project/scripts/int8_calibrate.py")
     wanted = {name: mod.in_features for name, mod in model.model.layers.named_modules() if isinstance(mod, nn.Linear)}
-    if {k: v.shape[0] for k, v in maxima.items()} != wanted or not all(bool(torch.isfinite(v).all()) for v in maxima.values()):
+    finite = all(bool(torch.isfinite(v).all()) for v in maxima.values())
+    if {k: v.shape[0] for k, v in maxima.items()} != wanted or not finite:
         raise ValueError(f"{Path(adapter) / MAXIMA_FILE} does not fit this model's linears (another base "
                          "model?); delete it to calibrate on the built-in sentences")
     return maxima
