@@ -4,8 +4,9 @@ fast bf16, at most 0.3 string F1 below float32.)
 Session 11's dynamic int8 of every decoder linear lost 39 string F1 per-tensor and 42 per-channel, and 2.1
 with down_proj left in float32 (`benchmarks/int8_experiments.txt`): a few input channels of each linear hold
 values far above the rest, and an int8 scale set by them rounds every other channel to a few levels.
-SmoothQuant (Xiao et al., 2023) moves that range from the activations into the weights: per input channel j, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), X / s and W * s, the same products. In a Llama layer
-every division folds into the layer before, so the float32 model is unchanged up to rounding:
+SmoothQuant (Xiao et al., 2023) moves that range from the activations into the weights: per input channel j,
+s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), X / s and W * s, the same products. In a Llama layer every
+division folds into the layer before, so the float32 model is unchanged up to rounding:
   q/k/v and gate/up   X = RMSNorm(h) * g       g / s
   down_proj           X = silu(gate) * up      up_proj's output rows / s
   o_proj              X = attention(v)         v_proj's output rows / s (one s per key head's channel,
