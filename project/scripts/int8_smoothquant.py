@@ -30,9 +30,8 @@ from typing import Any, Dict, List
 
 import spacy
 import torch
-from torch import nn
 
-from spacy_padellm.engine.int8 import smooth
+from spacy_padellm.engine.int8 import quantize_linears, recorded_maxima, smooth
 from spacy_padellm.evaluation import evaluate, pipeline_annotate
 from spacy_padellm.training.readers import read_any
 
@@ -46,27 +45,14 @@ def pipe_of(threads: int) -> Any:
 
 def input_maxima(nlp: Any, model: Any, texts: List[str]) -> Dict[str, torch.Tensor]:
     """Per linear of the decoder, the max |input| per channel over every token the decoder fed."""
-    maxima: Dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.model.layers.named_modules():
-        if isinstance(module, nn.Linear):
-            def hook(mod: Any, args: Any, out: Any, name: str = name) -> None:
-                seen = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float()
-                maxima[name] = torch.maximum(maxima[name], seen) if name in maxima else seen
-            hooks.append(module.register_forward_hook(hook))
-    list(nlp.pipe(texts, batch_size=16))
-    for h in hooks:
-        h.remove()
+    with recorded_maxima(model) as maxima:
+        list(nlp.pipe(texts, batch_size=16))
     return maxima
 
 
 def quantize(model: Any, keep: List[str]) -> None:
     """Dynamic int8 (per-channel weights) for every decoder linear whose name does not end in one of `keep`."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    spec = {name: per_channel_dynamic_qconfig for name, mod in model.model.layers.named_modules()
-            if isinstance(mod, nn.Linear) and not any(name.endswith(k) for k in keep)}
-    quantize_dynamic(model.model.layers, spec, dtype=torch.qint8, inplace=True)
+    quantize_linears(model, keep)
 
 
 def main() -> None:

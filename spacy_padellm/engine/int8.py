@@ -32,8 +32,9 @@ of torchao; fbgemm's linear ops are what run here, and a torch without them will
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -63,37 +64,46 @@ CALIBRATION = (
 )
 
 
-def calibrate(model: Any, tokenizer: Any, template: Any, labels: Sequence[str],
-              texts: Sequence[str] = CALIBRATION) -> Dict[str, torch.Tensor]:
-    """Per decoder linear (named as in model.model.layers), the max |input| per channel over the mention
-    prompts of `texts` under `labels` (each holds its count prompt), through transformers' forward: one
-    batch per text, right-padded (a causal model's real tokens do not see the padding after them, and the
-    padding's own inputs are left out of the maxima)."""
-    from ..prompts import encode, special_prefix
-
+@contextmanager
+def recorded_maxima(model: Any, real: Optional[List[torch.Tensor]] = None) -> Iterator[Dict[str, torch.Tensor]]:
+    """While open, the max |input| per channel of every decoder linear (named as in model.model.layers) over
+    the tokens of each forward pass; `real`, if given, holds the [rows, width] mask of the pass running now
+    (its padding's inputs are left out)."""
     maxima: Dict[str, torch.Tensor] = {}
-    real: List[torch.Tensor] = []  # the [rows, width] mask of the batch running now
     hooks = []
     for name, module in model.model.layers.named_modules():
         if isinstance(module, nn.Linear):
             def hook(mod: Any, args: Any, out: Any, name: str = name) -> None:
-                seen = args[0].detach()[real[0]].abs().amax(dim=0).float()
+                x = args[0].detach()
+                x = x[real[0]] if real else x.reshape(-1, x.shape[-1])
+                seen = x.abs().amax(dim=0).float()
                 maxima[name] = torch.maximum(maxima[name], seen) if name in maxima else seen
             hooks.append(module.register_forward_hook(hook))
-    bos = special_prefix(tokenizer)  # as the runner encodes prompts
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
-        with torch.inference_mode():
-            for text in texts:
-                rows = [encode(tokenizer, template.mention_prompt(text, label, 1, 1), bos) for label in labels]
-                width = max(map(len, rows))
-                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
-                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
-                real[:] = [mask.bool()]
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
+        yield maxima
     finally:
         for h in hooks:
             h.remove()
+
+
+def calibrate(model: Any, tokenizer: Any, template: Any, labels: Sequence[str],
+              texts: Sequence[str] = CALIBRATION) -> Dict[str, torch.Tensor]:
+    """Per decoder linear, `recorded_maxima` over the mention prompts of `texts` under `labels` (each holds
+    its count prompt), through transformers' forward: one batch per text, right-padded (a causal model's
+    real tokens do not see the padding after them, and the padding's own inputs are left out)."""
+    from ..prompts import encode, special_prefix
+
+    real: List[torch.Tensor] = []  # the mask of the batch running now
+    bos = special_prefix(tokenizer)  # as the runner encodes prompts
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with recorded_maxima(model, real) as maxima, torch.inference_mode():
+        for text in texts:
+            rows = [encode(tokenizer, template.mention_prompt(text, label, 1, 1), bos) for label in labels]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+            real[:] = [mask.bool()]
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
     return maxima
 
 
@@ -207,20 +217,24 @@ def is_int8(model: Any) -> bool:
 
 
 def quantize_modules(model: Any) -> None:
-    """torch's dynamic int8 modules (per-channel weights) for every decoder linear but KEEP_FLOAT, once:
-    for transformers' forward, which calls the modules."""
+    """torch's dynamic int8 modules for every decoder linear but KEEP_FLOAT, once: for transformers'
+    forward, which calls the modules."""
     mark = model.__dict__[MARK]
-    if mark["modules"]:
-        return
+    if not mark["modules"]:
+        quantize_linears(model, mark["keep_float"])
+        mark["modules"] = True
+
+
+def quantize_linears(model: Any, keep_float: Sequence[str]) -> None:
+    """Dynamic int8 (per-channel weights) for every decoder linear whose name does not end in `keep_float`."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     spec = {name: per_channel_dynamic_qconfig for name, mod in model.model.layers.named_modules()
-            if isinstance(mod, nn.Linear) and not name.endswith(tuple(mark["keep_float"]))}
+            if isinstance(mod, nn.Linear) and not name.endswith(tuple(keep_float))}
     with warnings.catch_warnings():  # as in packed_int8; eager-mode quantization is deprecated for torchao
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         quantize_dynamic(model.model.layers, spec, dtype=torch.qint8, inplace=True)
-    mark["modules"] = True
 
 
 def packed_int8(weight: torch.Tensor) -> Any:
